@@ -1,0 +1,127 @@
+"""Demo task: classify utterances into the MELD emotion classes, with multi-opinion voting.
+
+Each utterance first gets ``opinions_min`` answers (one request with ``n`` choices); while the leading emotion has
+less than ``confidence`` of the votes, follow-up requests ask for more, up to ``opinions_max``.
+
+    python flows/utterance_emotion.py --opinions_min 3 --opinions_max 7 --confidence 0.7
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
+
+from gbatch_flows.task import Processed, Result, Task
+
+UTTERANCES_FILE = Path(__file__).resolve().parent / "data" / "utterances.jsonl"
+
+SYSTEM = (
+    "Classify the emotion the speaker expresses in the utterance into exactly one of: neutral, joy, surprise, "
+    "anger, sadness, disgust, fear."
+)
+
+
+class Emotion(str, Enum):
+    neutral = "neutral"
+    joy = "joy"
+    surprise = "surprise"
+    anger = "anger"
+    sadness = "sadness"
+    disgust = "disgust"
+    fear = "fear"
+
+
+class EmotionAnswer(BaseModel):
+    emotion: Emotion
+
+
+class UtteranceEmotion(BaseModel):
+    """One output record."""
+
+    id: str
+    utterance: str
+    emotion: Emotion | None
+    confidence: float
+    votes: dict[str, int]
+    confident: bool
+
+
+class UtteranceParams(BaseModel):
+    utterances_file: str = Field(str(UTTERANCES_FILE), description="JSONL file of {\"id\", \"utterance\"} lines")
+
+
+def load_utterances(path: str) -> list[dict[str, str]]:
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+class UtteranceEmotionTask(Task):
+    name = "utterance_emotion"
+    default_meta = {**Task.default_meta, "model": "gpt-4o-mini", "max_completion_tokens": 20, "temperature": 1.0,
+                    "opinions_min": 3, "opinions_max": 7, "confidence": 0.7}
+    record_type = UtteranceEmotion
+    Params = UtteranceParams
+
+    def _request(self, key: str, utterance: str, meta: dict[str, Any], n: int, votes: list[str]):
+        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": f"Utterance: {utterance}"}]
+        return self.chat_request(key, messages, meta, response_model=EmotionAnswer, n=n,
+                                 request_meta={"utterance": utterance, "votes": votes})
+
+    def generate_requests(self, meta: dict[str, Any]):
+        n = self.adviser(meta).opinions_min
+        for item in load_utterances(meta["utterances_file"]):
+            yield self._request(item["id"], item["utterance"], meta, n, [])
+
+    def process_result(self, result: Result, meta: dict[str, Any]) -> Processed:
+        votes = list(result.request.meta.get("votes", []))
+        votes += [self.parse(c, EmotionAnswer).emotion.value for c in self.contents(result)]
+        verdict = self.adviser(meta).advise(votes)
+        utterance = result.request.meta["utterance"]
+        if verdict.more:
+            return Processed(followups=[self._request(result.request.key, utterance, meta, verdict.more, votes)])
+        counts = {e: votes.count(e) for e in sorted(set(votes))}
+        record = UtteranceEmotion(id=result.request.key, utterance=utterance, emotion=verdict.answer,
+                                  confidence=round(verdict.share, 4), votes=counts, confident=verdict.confident)
+        return Processed(records=[record.model_dump(mode="json")])
+
+    def emulator_responders(self) -> dict[str, Any]:
+        return {"*": emulator_answer}
+
+
+LEXICON = {
+    "joy": ("great", "love", "happy", "wonderful", "yay", "awesome", "fantastic"),
+    "anger": ("hate", "stupid", "furious", "shut up", "how dare"),
+    "sadness": ("miss", "sorry", "sad", "cry", "lost", "alone"),
+    "surprise": ("what?!", "really?", "no way", "wow", "oh my"),
+    "fear": ("scared", "afraid", "terrified", "help"),
+    "disgust": ("gross", "disgusting", "ew", "yuck"),
+}
+
+
+def emulator_answer(body: dict[str, Any], ctx: Any) -> str:
+    """A noisy annotator for the emulator: a keyword guess, replaced by a random emotion in ~25% of answers."""
+    text = next((m.get("content") for m in body.get("messages", []) if m.get("role") == "user"), "") or ""
+    if not text.startswith("Utterance: "):
+        from gbatch_flows.emulator.responders import default_responder
+
+        return default_responder(body, ctx)
+    lowered = text.lower()
+    guess = next((e for e, words in LEXICON.items() if any(w in lowered for w in words)), "neutral")
+    digest = hashlib.sha256(f"{text}|{ctx.choice_index}|{body.get('n', 1)}".encode()).digest()
+    if digest[0] < 64:
+        guess = [e.value for e in Emotion][digest[1] % len(Emotion)]
+    return json.dumps({"emotion": guess})
+
+
+if __name__ == "__main__":
+    from gbatch_flows.cli import main
+
+    sys.exit(main(UtteranceEmotionTask))

@@ -1,0 +1,154 @@
+"""Thin layer over the official ``openai`` client: client construction and error classification in one place."""
+
+from __future__ import annotations
+
+import logging
+from enum import Enum
+from typing import Any
+
+import openai
+import orjson
+
+from gbatch_flows.models import ResultLine
+
+log = logging.getLogger(__name__)
+
+RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
+RETRYABLE_CODES = frozenset(
+    {
+        "rate_limit_exceeded",
+        "server_error",
+        "timeout",
+        "batch_expired",
+        "batch_cancelled",
+        "missing_result",
+        "malformed_result",
+        "internal_error",
+        "service_unavailable",
+    }
+)
+
+
+class Outcome(str, Enum):
+    OK = "ok"
+    RETRYABLE = "retryable"
+    FATAL = "fatal"
+
+
+def make_client(
+    api_key: str | None,
+    base_url: str | None = None,
+    organization: str | None = None,
+    project: str | None = None,
+    max_retries: int = 5,
+    timeout: float = 600.0,
+) -> openai.OpenAI:
+    """The sync client used for files and batches (the client retries connection errors, 429 and 5xx itself)."""
+    return openai.OpenAI(
+        api_key=api_key or "sk-no-key-needed",
+        base_url=base_url,
+        organization=organization,
+        project=project,
+        max_retries=max_retries,
+        timeout=timeout,
+    )
+
+
+def make_async_client(
+    api_key: str | None,
+    base_url: str | None = None,
+    organization: str | None = None,
+    project: str | None = None,
+    timeout: float = 600.0,
+) -> openai.AsyncOpenAI:
+    """The async client of the direct executor: retries are ours (they must respect the RPM/TPM pacing)."""
+    return openai.AsyncOpenAI(
+        api_key=api_key or "sk-no-key-needed",
+        base_url=base_url,
+        organization=organization,
+        project=project,
+        max_retries=0,
+        timeout=timeout,
+    )
+
+
+def classify_status(status_code: int | None, code: str | None = None) -> Outcome:
+    """Success, worth retrying (429, 5xx, timeouts, expiry) or fatal (any other 4xx, invalid request)."""
+    if status_code is not None and 200 <= status_code < 300:
+        return Outcome.OK
+    if code in RETRYABLE_CODES:
+        return Outcome.RETRYABLE
+    if status_code is None or status_code in RETRYABLE_STATUS or status_code >= 500:
+        return Outcome.RETRYABLE
+    return Outcome.FATAL
+
+
+def classify_exception(exc: BaseException) -> Outcome:
+    """Classify an exception raised by the openai client."""
+    if isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError)):
+        return Outcome.RETRYABLE
+    if isinstance(exc, openai.APIStatusError):
+        return classify_status(exc.status_code, _error_code(exc.body))
+    return Outcome.FATAL
+
+
+def _error_code(body: Any) -> str | None:
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict):
+            code = err.get("code") or err.get("type")
+            return str(code) if code is not None else None
+    return None
+
+
+def describe_exception(exc: BaseException) -> str:
+    """One line naming the error and the request id the server gave (for support tickets)."""
+    request_id = getattr(exc, "request_id", None)
+    status = getattr(exc, "status_code", None)
+    text = f"{type(exc).__name__}"
+    if status is not None:
+        text += f" {status}"
+    text += f": {exc}"
+    if request_id:
+        text += f" (request id {request_id})"
+    return text
+
+
+def parse_result_line(raw: bytes) -> ResultLine | None:
+    """Parse one line of a batch output or error file; ``None`` when the line is not usable."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(obj, dict) or not isinstance(obj.get("custom_id"), str):
+        return None
+    response = obj.get("response") or {}
+    if not isinstance(response, dict):
+        response = {}
+    body = response.get("body")
+    error = obj.get("error")
+    return ResultLine(
+        custom_id=obj["custom_id"],
+        status_code=response.get("status_code"),
+        body=body if isinstance(body, dict) else None,
+        error=error if isinstance(error, dict) else None,
+        request_id=response.get("request_id"),
+    )
+
+
+def classify_result(line: ResultLine | None) -> tuple[Outcome, str | None]:
+    """Outcome of one request's result line and, when not OK, a short reason."""
+    if line is None:
+        return Outcome.RETRYABLE, "missing_result"
+    if line.status_code is not None and 200 <= line.status_code < 300 and line.body is not None:
+        return Outcome.OK, None
+    code = None
+    if line.error:
+        code = line.error.get("code")
+    if code is None and line.body:
+        code = _error_code(line.body)
+    outcome = classify_status(line.status_code, code)
+    if outcome is Outcome.OK:  # a 2xx without a body
+        return Outcome.RETRYABLE, "malformed_result"
+    reason = f"{line.status_code or ''} {code or ''}".strip() or "error"
+    return outcome, reason

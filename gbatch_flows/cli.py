@@ -1,0 +1,77 @@
+"""Command line of a task: ``python flows/char_codes.py --help``.
+
+Options keep the names of the original ``gpt_batch_api`` flags; a task's own parameters (``Task.Params``) are added
+as further flags. The run goes through the Prefect flow unless ``--no_prefect`` is given.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+from pydantic import create_model
+
+from gbatch_flows.cli_args import parse_options
+from gbatch_flows.engine.context import EngineStop
+from gbatch_flows.options import Options
+from gbatch_flows.store import StoreError
+from gbatch_flows.task import Task
+
+log = logging.getLogger("gbatch_flows")
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def options_model(task_cls: type[Task]) -> type[Options]:
+    """Options plus the task's own parameters, as one pydantic model (one flag per field)."""
+    if task_cls.Params is None:
+        return Options
+    fields: dict[str, Any] = {name: (f.annotation, f) for name, f in task_cls.Params.model_fields.items()}
+    return create_model(f"{task_cls.__name__}Options", __base__=Options, **fields)
+
+
+def split_options(task_cls: type[Task], combined: Options) -> tuple[Options, dict[str, Any]]:
+    params = {name: getattr(combined, name) for name in (task_cls.Params.model_fields if task_cls.Params else {})}
+    options = Options.model_validate({name: getattr(combined, name) for name in Options.model_fields})
+    return options, params
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    for noisy in ("httpx", "httpx2", "openai", "botocore", "aiobotocore", "s3fs", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(task_cls: type[Task], argv: list[str] | None = None) -> int:
+    """Parse options, run the task, return the process exit code."""
+    combined = parse_options(argv, model=options_model(task_cls), prog=f"{task_cls.name}",
+                             description=(task_cls.__doc__ or "").strip() or None)
+    options, params = split_options(task_cls, combined)
+    setup_logging(options.log_level)
+    task = task_cls(params)
+    try:
+        if options.no_prefect:
+            from gbatch_flows.runs import run_plain
+
+            summary = run_plain(task, options)
+        else:
+            from gbatch_flows.flow import run_flow
+
+            summary = run_flow(task, options)
+    except KeyboardInterrupt:
+        print("interrupted: every completed step is committed; run the same command again to resume",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (EngineStop, StoreError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as exc:  # setup problems carry their own message
+        from gbatch_flows.launch import SetupError
+
+        if isinstance(exc, SetupError):
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        raise
+    print(f"{task.name}: {summary.status}: {summary.reason}", flush=True)
+    return EXIT_ERROR if summary.status == "error" else EXIT_OK

@@ -1,0 +1,237 @@
+"""Prices and costs: which price applies to a model, the worst case of a request, and what it actually cost.
+
+All amounts are plain floats: prices in USD per 1M tokens, costs in USD, computed as ``tokens * price / 1e6`` and
+never rounded here (round only for display; sums of many costs may differ from exact decimal arithmetic in the last
+float digits, far below a cent).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any, Literal
+
+from gbatch_flows.prices import ALIASES, BATCH_DISCOUNT, FINE_TUNED_PRICES, MODEL_PRICES, PriceRow
+from gbatch_flows.tokenizing.names import base_model, is_fine_tuned, without_snapshot
+
+Mode = Literal["batch", "direct"]
+MODES = ("batch", "direct")
+EMBEDDINGS_ENDPOINT = "/v1/embeddings"
+
+# Worst-case completion of a request without max_completion_tokens/max_tokens: this many times its prompt tokens.
+DEFAULT_COMPLETION_RATIO = 1.0
+
+_FLAG = {
+    "input_direct": "--cost_input_direct_mtoken",
+    "input_cached": "--cost_input_cached_mtoken",
+    "input_batch": "--cost_input_batch_mtoken",
+    "output_direct": "--cost_output_direct_mtoken",
+    "output_batch": "--cost_output_batch_mtoken",
+}
+
+
+class UnknownPriceError(ValueError):
+    """No built-in price for a model and not enough ``--cost_*_mtoken`` flags to price it."""
+
+
+@dataclass(frozen=True)
+class Prices:
+    """USD per 1M tokens. ``input_cached`` is the direct price of cached prompt tokens."""
+
+    input_direct: float
+    input_cached: float
+    input_batch: float
+    output_direct: float
+    output_batch: float
+
+
+@dataclass(frozen=True)
+class PriceOverrides:
+    """The five ``--cost_*_mtoken`` flags (USD per 1M tokens); None = not given."""
+
+    cost_input_direct_mtoken: float | None = None
+    cost_input_cached_mtoken: float | None = None
+    cost_input_batch_mtoken: float | None = None
+    cost_output_direct_mtoken: float | None = None
+    cost_output_batch_mtoken: float | None = None
+
+    def given(self) -> dict[str, float]:
+        """The flags that were given, keyed by :class:`Prices` field; raises ValueError for a negative price."""
+        out: dict[str, float] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            key = f.name.removeprefix("cost_").removesuffix("_mtoken")
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{_FLAG[key]} must be a finite number >= 0 (USD per 1M tokens), got {value!r}")
+            out[key] = float(value)
+        return out
+
+
+ZERO_PRICES = Prices(0.0, 0.0, 0.0, 0.0, 0.0)
+
+
+def _from_row(row: PriceRow) -> Prices:
+    input_direct, input_cached, output_direct = row
+    return Prices(
+        input_direct=input_direct,
+        input_cached=input_direct if input_cached is None else input_cached,
+        input_batch=input_direct * BATCH_DISCOUNT,
+        output_direct=output_direct,
+        output_batch=output_direct * BATCH_DISCOUNT,
+    )
+
+
+def _table_key(name: str) -> str | None:
+    if name in MODEL_PRICES:
+        return name
+    if name in ALIASES:
+        return ALIASES[name]
+    base = without_snapshot(name)
+    if base != name and base in MODEL_PRICES:
+        return base
+    return ALIASES.get(base)
+
+
+def table_prices(model: str) -> Prices | None:
+    """Built-in prices of ``model``: exact name, alias, or the name without its date suffix; ``ft:<base>:...`` names
+    resolve to their base model and get its fine-tuned inference prices. None when the table has no entry."""
+    key = _table_key(base_model(model))
+    if key is None:
+        return None
+    if is_fine_tuned(model):
+        row = FINE_TUNED_PRICES.get(key) or FINE_TUNED_PRICES.get(without_snapshot(key))
+        return None if row is None else _from_row(row)
+    return _from_row(MODEL_PRICES[key])
+
+
+def _derived(model: str, given: dict[str, float]) -> Prices:
+    """Prices of a model missing from the table, from the flags given (batch = 50% of direct and back; cached
+    tokens cost the direct input price unless given)."""
+    half = BATCH_DISCOUNT
+    input_direct = given.get("input_direct", given["input_batch"] / half if "input_batch" in given else None)
+    output_direct = given.get("output_direct", given["output_batch"] / half if "output_batch" in given else None)
+    missing = [flag for flag, value in (("input", input_direct), ("output", output_direct)) if value is None]
+    if missing:
+        raise UnknownPriceError(
+            f"no built-in price for model {model!r} and no {' or '.join(missing)} price given: pass "
+            + " and ".join(f"{_FLAG[m + '_direct']} (or {_FLAG[m + '_batch']})" for m in missing)
+            + " in USD per 1M tokens (0 is allowed)"
+        )
+    assert input_direct is not None and output_direct is not None
+    return Prices(
+        input_direct=input_direct,
+        input_cached=given.get("input_cached", input_direct),
+        input_batch=given.get("input_batch", input_direct * half),
+        output_direct=output_direct,
+        output_batch=given.get("output_batch", output_direct * half),
+    )
+
+
+def prices_for(model: str, overrides: PriceOverrides | None = None, local_server: bool = False) -> Prices:
+    """The prices used for ``model``.
+
+    - ``local_server``: zero cost, except for the flags given.
+    - A model in the built-in table (see :func:`table_prices`): the table, each given flag replacing its one price.
+    - Any other model: derived from the flags (see ``_derived``); with no flags, :class:`UnknownPriceError`.
+    """
+    given = (overrides or PriceOverrides()).given()
+    if local_server:
+        return replace(ZERO_PRICES, **given)
+    table = table_prices(model)
+    if table is not None:
+        return replace(table, **given)
+    if not given:
+        raise UnknownPriceError(
+            f"no built-in price for model {model!r}: pass its prices in USD per 1M tokens with "
+            f"{_FLAG['input_direct']} and {_FLAG['output_direct']} (optionally {_FLAG['input_cached']}, "
+            f"{_FLAG['input_batch']}, {_FLAG['output_batch']}; batch defaults to 50% of direct)"
+        )
+    return _derived(model, given)
+
+
+def _positive_int(payload: Mapping[str, Any], key: str) -> int | None:
+    value = payload.get(key)
+    if value is None:
+        return None
+    if type(value) is not int or value < 1:
+        raise ValueError(f"payload field {key!r} must be a positive integer, got {value!r}")
+    return value
+
+
+def max_output_tokens(
+    payload: Mapping[str, Any], prompt_tokens: int, completion_ratio: float, endpoint: str | None = None
+) -> int:
+    """Worst-case completion tokens of one request (reasoning tokens included, as the API bills them).
+
+    Rule: the payload's limit (``max_completion_tokens``, else ``max_tokens``, else ``max_output_tokens`` for
+    ``/v1/responses``) if set, else ``ceil(prompt_tokens * completion_ratio)``; either way times ``n`` (choices,
+    default 1). Embeddings (``endpoint="/v1/embeddings"``, or a ``text-embedding-*`` model when no endpoint is given)
+    produce no completion: 0.
+    """
+    if completion_ratio < 0 or not math.isfinite(completion_ratio):
+        raise ValueError(f"completion_ratio must be a finite number >= 0, got {completion_ratio!r}")
+    model = payload.get("model")
+    if endpoint == EMBEDDINGS_ENDPOINT or (
+        endpoint is None and isinstance(model, str) and base_model(model).startswith("text-embedding-")
+    ):
+        return 0
+    choices = _positive_int(payload, "n") or 1
+    limit = (
+        _positive_int(payload, "max_completion_tokens")
+        or _positive_int(payload, "max_tokens")
+        or _positive_int(payload, "max_output_tokens")
+    )
+    if limit is None:
+        # round() first so float noise (100 * 0.07 = 7.000000000000001) cannot add a token
+        limit = math.ceil(round(prompt_tokens * completion_ratio, 6))
+    return limit * choices
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode must be 'batch' or 'direct', got {mode!r}")
+
+
+def worst_case_cost(prompt_tokens: int, output_tokens: int, prices: Prices, mode: Mode) -> float:
+    """USD of a request if nothing is cached and every allowed output token is produced."""
+    _check_mode(mode)
+    if mode == "batch":
+        return (prompt_tokens * prices.input_batch + output_tokens * prices.output_batch) / 1e6
+    return (prompt_tokens * prices.input_direct + output_tokens * prices.output_direct) / 1e6
+
+
+def _usage_int(usage: Mapping[str, Any], *keys: str) -> int:
+    for key in keys:
+        value = usage.get(key)
+        if value is not None:
+            if type(value) is not int or value < 0:
+                raise ValueError(f"usage field {key!r} must be a non-negative integer, got {value!r}")
+            return value
+    return 0
+
+
+def actual_cost(usage: Mapping[str, Any], prices: Prices, mode: Mode) -> float:
+    """USD of a finished request from its ``usage`` (chat/embeddings or responses field names).
+
+    Cached prompt tokens (``prompt_tokens_details.cached_tokens``) cost ``input_cached`` in direct mode and half of
+    it in batch mode (the batch discount applies on top of the caching discount); the other prompt tokens cost
+    ``input_direct`` / ``input_batch``. Reasoning tokens are already inside ``completion_tokens``.
+    """
+    _check_mode(mode)
+    if not isinstance(usage, Mapping):
+        raise TypeError(f"usage must be an object, got {type(usage).__name__}")
+    prompt = _usage_int(usage, "prompt_tokens", "input_tokens")
+    completion = _usage_int(usage, "completion_tokens", "output_tokens")
+    details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
+    if not isinstance(details, Mapping):
+        raise TypeError(f"usage prompt_tokens_details must be an object, got {type(details).__name__}")
+    cached = min(_usage_int(details, "cached_tokens"), prompt)
+    uncached = prompt - cached
+    if mode == "batch":
+        cost = uncached * prices.input_batch + cached * prices.input_cached * BATCH_DISCOUNT
+        return (cost + completion * prices.output_batch) / 1e6
+    cost = uncached * prices.input_direct + cached * prices.input_cached
+    return (cost + completion * prices.output_direct) / 1e6

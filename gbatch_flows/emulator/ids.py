@@ -1,0 +1,30 @@
+"""Object ids like the real API's (random ones, and deterministic ones derived from a key)."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import string
+
+_ALPHABET = string.ascii_letters + string.digits
+
+
+def random_id(prefix: str, length: int = 24) -> str:
+    """`prefix` + `length` random letters/digits, e.g. "file-Ab3..."."""
+    return prefix + "".join(secrets.choice(_ALPHABET) for _ in range(length))
+
+
+def derived_id(prefix: str, *parts: object, length: int = 24) -> str:
+    """A stable id from `parts` (same parts → same id), e.g. for batch result lines."""
+    digest = hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=16).hexdigest()
+    return prefix + digest[:length]
+
+
+def stable_int(*parts: object) -> int:
+    """A stable 64-bit integer from `parts` (used to seed RNGs)."""
+    return int.from_bytes(hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=8).digest(), "big")
+
+
+def stable_unit(*parts: object) -> float:
+    """A stable float in [0, 1) from `parts`."""
+    return stable_int(*parts) / 2.0**64

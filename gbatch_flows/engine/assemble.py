@@ -1,0 +1,182 @@
+"""Stage 2: pack queued requests into batch files under every per-batch limit at once."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import orjson
+
+from gbatch_flows import costs
+from gbatch_flows.engine import limits
+from gbatch_flows.engine.context import Engine, EngineStop
+from gbatch_flows.engine.state import CURSOR, TASK, Changes, TaskState
+from gbatch_flows.models import BatchRecord, Cursor
+from gbatch_flows.store import BlobRef
+
+log = logging.getLogger("gbatch_flows.engine.assemble")
+
+SIDECAR_FIELDS = ("seq", "key", "endpoint", "meta", "retry", "part", "tokens", "max_out")
+
+
+@dataclass
+class QueuedLine:
+    segment: int
+    line: int
+    request: dict
+
+
+def iter_queue(engine: Engine, state: TaskState) -> Iterator[QueuedLine]:
+    """Queued requests from the assembly cursor on, segment by segment (streamed)."""
+    cursor = state.cursor
+    for index, seg in state.segments.items():
+        if index < cursor.segment:
+            continue
+        skip = cursor.line if index == cursor.segment else 0
+        if skip >= seg.count:
+            continue
+        for n, raw in enumerate(engine.store.iter_lines(BlobRef.model_validate(seg.ref))):
+            if n >= skip and raw.strip():
+                yield QueuedLine(index, n, orjson.loads(raw))
+
+
+@dataclass
+class Packer:
+    """Accumulates requests into one batch while every cap holds."""
+
+    caps: limits.Caps
+    spend_caps: limits.Caps
+    token_margin: float
+    size_margin: float
+    model: str | None = None
+    endpoint: str | None = None
+    lines: list[bytes] = field(default_factory=list)
+    sidecar: list[bytes] = field(default_factory=list)
+    tokens: int = 0
+    max_out: int = 0
+    cost: float = 0.0
+    size: int = 0
+
+    def fits(self, tokens: int, max_out: int, cost: float, size: int) -> bool:
+        n = len(self.lines) + 1
+        t = (self.tokens + tokens) * (1 + self.token_margin)
+        b = (self.size + size) * (1 + self.size_margin)
+        c = self.cost + cost
+        if n > self.caps.requests or t > self.caps.tokens or c > self.caps.cost + 1e-12 or b > self.caps.bytes:
+            return False
+        total = self.tokens + self.max_out + tokens + max_out
+        return n <= self.spend_caps.requests and total <= self.spend_caps.tokens and c <= self.spend_caps.cost + 1e-12
+
+    def add(self, line: bytes, sidecar: bytes, tokens: int, max_out: int, cost: float) -> None:
+        self.lines.append(line)
+        self.sidecar.append(sidecar)
+        self.tokens += tokens
+        self.max_out += max_out
+        self.cost += cost
+        self.size += len(line) + 1
+
+
+def batch_line(request: dict) -> bytes:
+    custom_id = f"{request['seq']}-{request['part']}-{request['retry']}"
+    return orjson.dumps({"custom_id": custom_id, "method": "POST", "url": request["endpoint"], "body": request["payload"]})
+
+
+def sidecar_line(request: dict) -> bytes:
+    return orjson.dumps({k: request[k] for k in SIDECAR_FIELDS})
+
+
+def assemble(engine: Engine, mode: str = "batch", max_new: int | None = None) -> list[int]:
+    """Assemble up to ``max_new`` batches (default: up to ``max_unpushed_batches`` waiting); returns their ids."""
+    options = engine.options
+    state = engine.state
+    waiting = len(state.batches_in("assembled"))
+    budget = options.max_unpushed_batches - waiting if max_new is None else max_new
+    created: list[int] = []
+    if budget <= 0 or state.queued_requests() == 0:
+        return created
+    margin_t, margin_s = options.token_safety_margin, options.size_safety_margin
+    caps = limits.batch_caps(options, mode)
+    queue = iter_queue(engine, state)
+    pending: QueuedLine | None = None
+    remaining = state.queued_requests()
+    finish_direct = options.direct_finish_requests if state.task and state.task.generated else 0
+    while len(created) < budget:
+        if mode == "batch" and remaining <= finish_direct:
+            break  # the last few go through the direct API (choose_mode picks it next round)
+        session_caps, task_caps = limits.spend_caps(options, engine.state, engine.session_id)
+        packer = Packer(caps, session_caps.tighten(task_caps), margin_t, margin_s)
+        last: QueuedLine | None = None
+        for item in itertools.chain([pending] if pending else [], queue):  # (a generator would close `queue`)
+            pending = None
+            req = item.request
+            model = req["payload"].get("model", "")
+            if packer.lines and (model != packer.model or req["endpoint"] != packer.endpoint):
+                pending = item
+                break
+            line = batch_line(req)
+            cost = costs.worst_case_cost(req["tokens"], req["max_out"], engine.prices(model), mode)
+            if not packer.fits(req["tokens"], req["max_out"], cost, len(line) + 1):
+                if not packer.lines:
+                    _refuse_single(req, caps, cost, len(line), mode)
+                    log.info("the session or task budget cannot take request %s: assembly stops", req["key"])
+                    return created
+                pending = item
+                break
+            packer.model, packer.endpoint = model, req["endpoint"]
+            packer.add(line, sidecar_line(req), req["tokens"], req["max_out"], cost)
+            last = item
+        if not packer.lines or last is None:
+            break
+        created.append(_commit_batch(engine, packer, mode, last))
+        remaining -= len(packer.lines)
+        if pending is None:
+            break
+    return created
+
+
+def _refuse_single(req: dict, caps: limits.Caps, cost: float, size: int, mode: str) -> None:
+    """A request that exceeds a per-batch cap on its own can never be sent: stop with its name."""
+    problems = []
+    if req["tokens"] > caps.tokens:
+        problems.append(f"{req['tokens']} prompt tokens > max_batch_ktokens ({caps.tokens / 1000:g}k)")
+    if cost > caps.cost:
+        problems.append(f"worst-case cost ${cost:.4f} > max_batch_cost (${caps.cost:g})")
+    if size > caps.bytes:
+        problems.append(f"{size} bytes > max_batch_mb ({caps.bytes / limits.BYTES_PER_MB:g} MB)")
+    if problems:
+        raise EngineStop(
+            f"request {req['key']!r} (custom_id {req['seq']}-{req['part']}-{req['retry']}) can never fit in a "
+            f"{mode} batch: {'; '.join(problems)}. Raise the limit or shrink the request (e.g. max_completion_tokens)"
+        )
+
+
+def _commit_batch(engine: Engine, packer: Packer, mode: str, last: QueuedLine) -> int:
+    task = engine.state.require_task()
+    local_id = task.next_batch
+    input_ref = engine.store.put_blob(f"batches/{local_id:06d}.jsonl", [b"\n".join(packer.lines) + b"\n"])
+    sidecar_ref = engine.store.put_blob(f"batches/{local_id:06d}.requests.jsonl", [b"\n".join(packer.sidecar) + b"\n"])
+    record = BatchRecord(
+        local_id=local_id,
+        mode=mode,  # type: ignore[arg-type]
+        model=packer.model or "",
+        endpoint=packer.endpoint or "",
+        input_ref=input_ref.model_dump(mode="json"),
+        sidecar_ref=sidecar_ref.model_dump(mode="json"),
+        requests=len(packer.lines),
+        tokens=packer.tokens,
+        max_out=packer.max_out,
+        mb=input_ref.size / limits.BYTES_PER_MB,
+        worst_cost=packer.cost,
+        created_at=time.time(),
+    )
+    changes = Changes()
+    changes.batch(record)
+    changes.set(CURSOR, Cursor(segment=last.segment, line=last.line + 1))
+    changes.set(TASK, task.model_copy(update={"next_batch": local_id + 1}))
+    engine.commit(changes, f"assemble {mode} batch {local_id}: {record.requests} requests, {record.tokens} tokens")
+    log.info("assembled %s-mode batch %d: %d requests, %d tokens, worst $%.4f", mode, local_id, record.requests,
+             record.tokens, record.worst_cost)
+    return local_id

@@ -1,0 +1,85 @@
+"""Everything a stage needs: the store, the options, the task callbacks, the API clients and the current state."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from gbatch_flows import costs
+from gbatch_flows.engine.protocol import TaskProtocol
+from gbatch_flows.engine.state import Changes, TaskState
+from gbatch_flows.store import Lease, Store
+
+if TYPE_CHECKING:
+    import openai
+
+    from gbatch_flows.options import Options
+
+log = logging.getLogger("gbatch_flows.engine")
+
+
+class EngineStop(RuntimeError):
+    """The run must stop for a reason the user should read (limits, too many failing batches, ...)."""
+
+
+@dataclass
+class Engine:
+    store: Store
+    options: Options
+    task: TaskProtocol
+    session_id: str
+    client_factory: Callable[[], openai.OpenAI]
+    async_client_factory: Callable[[], openai.AsyncOpenAI]
+    local_server: bool = False
+    lease: Lease | None = None
+    on_commit: list[Callable[[TaskState], None]] = field(default_factory=list)
+    _state: TaskState | None = None
+    _prices: dict[tuple[str, str], Any] = field(default_factory=dict)
+
+    @property
+    def state(self) -> TaskState:
+        if self._state is None:
+            self._state = TaskState.from_manifest(self.store.load())
+        return self._state
+
+    def refresh(self) -> TaskState:
+        self._state = TaskState.from_manifest(self.store.load())
+        return self._state
+
+    def commit(self, changes: Changes, message: str) -> TaskState:
+        """Commit a change set on top of the state the stage read; a lost race raises ConcurrentModification."""
+        if self.lease is not None:
+            self.lease.check()
+        manifest = self.store.commit(self.state.manifest, changes.values, message=message)
+        self._state = TaskState.from_manifest(manifest)
+        log.debug("commit %d: %s", manifest.generation, message)
+        for hook in self.on_commit:
+            hook(self._state)
+        return self._state
+
+    @cached_property
+    def client(self) -> openai.OpenAI:
+        return self.client_factory()
+
+    def async_client(self) -> openai.AsyncOpenAI:
+        return self.async_client_factory()
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self.state.require_task().meta
+
+    def prices(self, model: str) -> costs.Prices:
+        key = (model, "local" if self.local_server else "api")
+        if key not in self._prices:
+            overrides = costs.PriceOverrides(
+                cost_input_direct_mtoken=self.options.cost_input_direct_mtoken,
+                cost_input_cached_mtoken=self.options.cost_input_cached_mtoken,
+                cost_input_batch_mtoken=self.options.cost_input_batch_mtoken,
+                cost_output_direct_mtoken=self.options.cost_output_direct_mtoken,
+                cost_output_batch_mtoken=self.options.cost_output_batch_mtoken,
+            )
+            self._prices[key] = costs.prices_for(model, overrides, local_server=self.local_server)
+        return self._prices[key]

@@ -1,0 +1,157 @@
+"""Direct-API executor: runs ``direct`` batches request by request, concurrently, under RPM/TPM limits.
+
+A direct batch goes through the same states as a remote one (assembled -> pushing -> done -> processed), with the
+spend reserved before the first call, and its results stored as a blob in the batch output line shape, so the
+process stage classifies and commits them exactly like Batch API results. A crash mid-batch re-runs that batch (a
+few hundred requests at most), never anything already committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from typing import Any
+
+import openai
+import orjson
+
+from gbatch_flows import api
+from gbatch_flows.engine.context import Engine
+from gbatch_flows.engine.pacer import Pacer, parse_reset
+from gbatch_flows.engine.push import reserve_and_mark
+from gbatch_flows.engine.state import Changes
+from gbatch_flows.models import BatchRecord
+from gbatch_flows.store import BlobRef
+
+log = logging.getLogger("gbatch_flows.direct")
+
+MAX_ATTEMPTS = 6
+
+
+class DirectStats:
+    def __init__(self) -> None:
+        self.requests = 0
+        self.rate_limited = 0
+        self.errors = 0
+
+
+async def _call(client: openai.AsyncOpenAI, endpoint: str, body: dict[str, Any]):
+    if endpoint.endswith("/chat/completions"):
+        return await client.chat.completions.with_raw_response.create(**body)
+    if endpoint.endswith("/embeddings"):
+        return await client.embeddings.with_raw_response.create(**body)
+    if endpoint.endswith("/responses"):
+        return await client.responses.with_raw_response.create(**body)
+    raise ValueError(f"the direct executor does not support endpoint {endpoint!r}")
+
+
+class DirectRunner:
+    def __init__(self, engine: Engine, pacer: Pacer, stats: DirectStats):
+        self.engine = engine
+        self.pacer = pacer
+        self.stats = stats
+        self.verbose = engine.options.direct_verbose
+
+    def _show(self, level: str, custom_id: str, body: dict[str, Any], answer: Any) -> None:
+        order = {"never": 0, "error": 1, "warn": 2, "always": 3}
+        if order[self.verbose] >= order[level]:
+            log.warning("direct %s %s\n  request: %s\n  response: %s", level, custom_id,
+                        orjson.dumps(body).decode()[:2000], str(answer)[:2000])
+
+    async def one(self, client: openai.AsyncOpenAI, sem: asyncio.Semaphore, endpoint: str, item: dict[str, Any],
+                  tokens: int) -> bytes:
+        custom_id, body = item["custom_id"], item["body"]
+        last: dict[str, Any] = {}
+        for attempt in range(MAX_ATTEMPTS):
+            await self.pacer.acquire(tokens)
+            async with sem:
+                self.stats.requests += 1
+                try:
+                    raw = await _call(client, endpoint, body)
+                except openai.APIStatusError as exc:
+                    status, last = exc.status_code, _error_body(exc)
+                    outcome = api.classify_exception(exc)
+                    if status == 429:
+                        self.stats.rate_limited += 1
+                        wait = parse_reset(exc.response.headers.get("retry-after")) or 2.0 ** attempt
+                        self.pacer.back_off(wait)
+                    if outcome is api.Outcome.RETRYABLE and attempt + 1 < MAX_ATTEMPTS:
+                        self._show("warn", custom_id, body, exc)
+                        await asyncio.sleep(min(30.0, 0.2 * 2 ** attempt) * random.uniform(0.5, 1.0))
+                        continue
+                    self.stats.errors += 1
+                    self._show("error", custom_id, body, exc)
+                    return _line(custom_id, status, None, last, exc.request_id)
+                except (openai.APIConnectionError, openai.APITimeoutError) as exc:
+                    last = {"code": "server_error", "message": str(exc)}
+                    if attempt + 1 < MAX_ATTEMPTS:
+                        self._show("warn", custom_id, body, exc)
+                        await asyncio.sleep(min(30.0, 0.2 * 2 ** attempt) * random.uniform(0.5, 1.0))
+                        continue
+                    self.stats.errors += 1
+                    self._show("error", custom_id, body, exc)
+                    return _line(custom_id, None, None, last, None)
+            self.pacer.update_from_headers(raw.headers)
+            parsed = raw.parse()
+            answer = parsed.model_dump(mode="json", exclude_unset=True) if hasattr(parsed, "model_dump") else parsed
+            self._show("always", custom_id, body, answer)
+            return _line(custom_id, raw.status_code, answer, None, raw.headers.get("x-request-id"))
+        return _line(custom_id, None, None, last or {"code": "server_error", "message": "no attempt"}, None)
+
+
+def _error_body(exc: openai.APIStatusError) -> dict[str, Any]:
+    body = exc.body if isinstance(exc.body, dict) else {}
+    err = body.get("error", body) if isinstance(body, dict) else {}
+    return {"code": (err or {}).get("code") or str(exc.status_code), "message": (err or {}).get("message") or str(exc)}
+
+
+def _line(custom_id: str, status: int | None, body: Any, error: dict[str, Any] | None, request_id: str | None) -> bytes:
+    response = None if status is None else {"status_code": status, "request_id": request_id, "body": body}
+    return orjson.dumps({"id": f"direct_{custom_id}", "custom_id": custom_id, "response": response, "error": error})
+
+
+async def _run_batch(engine: Engine, batch: BatchRecord, pacer: Pacer, stats: DirectStats) -> list[bytes]:
+    store = engine.store
+    items = [orjson.loads(raw) for raw in store.iter_lines(BlobRef.model_validate(batch.input_ref))]
+    sides = [orjson.loads(raw) for raw in store.iter_lines(BlobRef.model_validate(batch.sidecar_ref))]
+    runner = DirectRunner(engine, pacer, stats)
+    sem = asyncio.Semaphore(max(1, engine.options.max_direct_concurrency))
+    client = engine.async_client()
+    try:
+        return await asyncio.gather(*(
+            runner.one(client, sem, batch.endpoint, item, side["tokens"] + side["max_out"])
+            for item, side in zip(items, sides)
+        ))
+    finally:
+        await client.close()
+
+
+def run_direct(engine: Engine, pacer: Pacer | None = None, stats: DirectStats | None = None) -> list[int]:
+    """Execute every assembled direct batch the budgets allow; returns the ids that ran."""
+    from gbatch_flows.engine import limits
+
+    pacer = pacer or Pacer(engine.options.max_direct_rpm, engine.options.max_direct_tpm)
+    stats = stats or DirectStats()
+    ran: list[int] = []
+    for batch in engine.state.batches_in("pushing", "assembled"):
+        if batch.mode != "direct":
+            continue
+        if batch.state == "assembled":
+            refusal = limits.spend_refusal(engine.options, engine.state, engine.session_id, batch)
+            if refusal:
+                log.info("direct batch %d waits: %s reached", batch.local_id, refusal)
+                break
+            batch = reserve_and_mark(engine, batch, "pushing")
+        started = time.time()
+        lines = asyncio.run(_run_batch(engine, batch, pacer, stats))
+        ref = engine.store.put_blob(f"results/{batch.local_id:06d}.jsonl", [b"\n".join(lines) + b"\n"])
+        changes = Changes()
+        changes.batch(engine.state.batches[batch.local_id].model_copy(update={
+            "state": "done", "remote_status": "completed", "results_ref": ref.model_dump(mode="json"),
+            "pushed_at": started, "finished_at": time.time(),
+        }))
+        engine.commit(changes, f"direct batch {batch.local_id} ran ({len(lines)} requests)")
+        ran.append(batch.local_id)
+    return ran

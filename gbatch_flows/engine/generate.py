@@ -1,0 +1,143 @@
+"""Stage 1: create the task and commit its generated requests to the store in chunks, before anything is sent."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+import uuid
+from typing import Any
+
+import orjson
+
+from gbatch_flows import costs
+from gbatch_flows.engine.context import Engine, EngineStop
+from gbatch_flows.engine.state import TASK, Changes, TaskState, segment_key
+from gbatch_flows.models import RequestSpec, Segment, TaskInfo
+from gbatch_flows.store import BlobRef
+from gbatch_flows.tokens import get_estimator
+
+log = logging.getLogger("gbatch_flows.engine.generate")
+
+CHUNK_REQUESTS = 10_000
+
+
+def ensure_task(engine: Engine, name: str, meta: dict[str, Any], reinit_meta: bool = False) -> TaskState:
+    """Create the task on first use; afterwards its metadata is fixed unless ``reinit_meta`` is given."""
+    state = engine.state
+    if state.task is None:
+        info = TaskInfo(task_id=uuid.uuid4().hex, name=name, created_at=time.time(), meta=meta)
+        changes = Changes()
+        changes.set(TASK, info)
+        return engine.commit(changes, f"create task {name}")
+    if state.task.name != name:
+        raise EngineStop(
+            f"the task folder {engine.store.url} holds task {state.task.name!r}, not {name!r}: "
+            "use another --task_dir, or --wipe_task to start over"
+        )
+    if state.task.meta != meta:
+        if not reinit_meta:
+            diff = {k: (state.task.meta.get(k), meta.get(k)) for k in sorted(set(meta) | set(state.task.meta))
+                    if state.task.meta.get(k) != meta.get(k)}
+            raise EngineStop(
+                f"task metadata differs from the one fixed at task creation {diff} (stored, requested): "
+                "pass --reinit_meta to change it, or drop the options that change it"
+            )
+        changes = Changes()
+        changes.set(TASK, state.task.model_copy(update={"meta": meta}))
+        return engine.commit(changes, "reinit meta")
+    return state
+
+
+def _with_model(spec: RequestSpec, meta: dict[str, Any]) -> dict[str, Any]:
+    payload = spec.payload
+    if "model" not in payload:
+        if not meta.get("model"):
+            raise EngineStop(f"request {spec.key!r} has no 'model' and the task has no model: pass --model")
+        payload = {**payload, "model": meta["model"]}
+    return payload
+
+
+def request_dict(spec: RequestSpec, meta: dict[str, Any], seq: int, part: int = 0) -> dict[str, Any]:
+    """Estimate one request (prompt tokens, worst-case completion) and return its queue record."""
+    if not isinstance(spec, RequestSpec):
+        spec = RequestSpec.model_validate(spec)
+    payload = _with_model(spec, meta)
+    tokens = get_estimator().estimate(spec.endpoint, payload, custom_id=spec.key).total
+    ratio = float(meta.get("completion_ratio") or costs.DEFAULT_COMPLETION_RATIO)
+    return {
+        "seq": seq, "key": spec.key, "endpoint": spec.endpoint, "payload": payload, "meta": spec.meta,
+        "retry": 0, "part": part, "tokens": tokens, "max_out": costs.max_output_tokens(payload, tokens, ratio),
+    }
+
+
+def write_segment(engine: Engine, index: int, lines: list[bytes], tokens: int, origin: str) -> Segment:
+    ref = engine.store.put_blob(f"requests/{index:06d}.jsonl", [b"\n".join(lines) + b"\n"])
+    return Segment(ref=ref.model_dump(mode="json"), count=len(lines), tokens=tokens, origin=origin)  # type: ignore[arg-type]
+
+
+def generate(engine: Engine, chunk_requests: int = CHUNK_REQUESTS) -> TaskState:
+    """Run the task's generator (skipping what a previous run already committed) and commit chunk by chunk.
+
+    A sample's ``seq`` is its position in the generator, so the generator must yield in a deterministic order.
+    """
+    task = engine.state.require_task()
+    if task.generated:
+        return engine.state
+    position = task.generated_count
+    specs = itertools.islice(iter(engine.task.generate_requests(task.meta)), position, None)
+    known = sent_keys(engine) if task.skip_sent_keys else set()
+    seen: set[str] = set()
+    lines: list[bytes] = []
+    tokens = 0
+    for spec in specs:
+        if not isinstance(spec, RequestSpec):
+            spec = RequestSpec.model_validate(spec)
+        if spec.key in seen:
+            raise EngineStop(f"generate_requests yielded the sample key {spec.key!r} twice: keys must be unique")
+        seen.add(spec.key)
+        position += 1
+        if spec.key in known:
+            continue
+        record = request_dict(spec, task.meta, position - 1)
+        lines.append(orjson.dumps(record))
+        tokens += record["tokens"]
+        if len(lines) >= chunk_requests:
+            _commit_chunk(engine, lines, tokens, position, done=False)
+            lines, tokens = [], 0
+    _commit_chunk(engine, lines, tokens, position, done=True)
+    log.info("generated %d requests", engine.state.require_task().generated_requests)
+    return engine.state
+
+
+def sent_keys(engine: Engine) -> set[str]:
+    """Keys of samples that have output, failed for good, or are in a batch already sent."""
+    keys: set[str] = set()
+    store = engine.store
+    for batch in engine.state.batches.values():
+        refs = [batch.output_ref, batch.failed_ref]
+        if batch.state in ("pushing", "pushed", "done"):
+            refs.append(batch.sidecar_ref)
+        for ref in refs:
+            if ref is None:
+                continue
+            for raw in store.iter_lines(BlobRef.model_validate(ref)):
+                if raw.strip():
+                    obj = orjson.loads(raw)
+                    keys.add(obj["key"] if "key" in obj else obj["request"]["key"])
+    return keys
+
+
+def _commit_chunk(engine: Engine, lines: list[bytes], tokens: int, count: int, done: bool) -> None:
+    task = engine.state.require_task()
+    changes = Changes()
+    update: dict[str, Any] = {"generated_count": count, "generated": done}
+    if done:
+        update["skip_sent_keys"] = False
+    if lines:
+        index = task.next_segment
+        changes.set(segment_key(index), write_segment(engine, index, lines, tokens, "generated"))
+        update["next_segment"] = index + 1
+        update["generated_requests"] = task.generated_requests + len(lines)
+    changes.set(TASK, task.model_copy(update=update))
+    engine.commit(changes, f"generate: {count} requests" + (" (done)" if done else ""))

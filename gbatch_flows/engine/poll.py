@@ -1,0 +1,71 @@
+"""Stage 4: retrieve the task's remote batches and record the ones that reached a final status."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import openai
+
+from gbatch_flows import api
+from gbatch_flows.engine.context import Engine
+from gbatch_flows.engine.state import Changes
+
+log = logging.getLogger("gbatch_flows.engine.poll")
+
+FINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+
+
+@dataclass
+class PollReport:
+    finished: list[int] = field(default_factory=list)
+    in_flight: int = 0
+    progress: dict[int, tuple[int, int]] = field(default_factory=dict)  # local id -> (done, total)
+
+
+def poll(engine: Engine) -> PollReport:
+    """One round over the pushed batches; final ones become ``done`` in a single commit."""
+    report = PollReport()
+    changes = Changes()
+    for batch in engine.state.batches_in("pushed"):
+        if batch.mode != "batch" or batch.remote_id is None:
+            continue
+        try:
+            remote = engine.client.batches.retrieve(batch.remote_id)
+        except openai.NotFoundError:
+            log.warning("remote batch %s of local batch %d is gone: its requests will be retried",
+                        batch.remote_id, batch.local_id)
+            changes.batch(batch.model_copy(update={"state": "done", "remote_status": "lost", "finished_at": time.time()}))
+            report.finished.append(batch.local_id)
+            continue
+        except openai.OpenAIError as exc:
+            log.warning("polling batch %d failed, will retry: %s", batch.local_id, api.describe_exception(exc))
+            report.in_flight += 1
+            continue
+        counts = remote.request_counts.model_dump() if remote.request_counts else {}
+        report.progress[batch.local_id] = (counts.get("completed", 0) + counts.get("failed", 0), batch.requests)
+        if remote.status in FINAL:
+            errors = [e.model_dump(exclude_none=True) for e in (remote.errors.data or [])] if remote.errors else []
+            changes.batch(
+                batch.model_copy(
+                    update={
+                        "state": "done",
+                        "remote_status": remote.status,
+                        "remote_errors": errors,
+                        "output_file_id": remote.output_file_id,
+                        "error_file_id": remote.error_file_id,
+                        "request_counts": counts,
+                        "finished_at": time.time(),
+                    }
+                )
+            )
+            report.finished.append(batch.local_id)
+            log.info("batch %d %s (%s)", batch.local_id, remote.status, counts)
+        else:
+            report.in_flight += 1
+            if remote.status != batch.remote_status:
+                changes.batch(batch.model_copy(update={"remote_status": remote.status, "request_counts": counts}))
+    if changes:
+        engine.commit(changes, f"poll: {len(report.finished)} batches finished")
+    return report

@@ -1,0 +1,267 @@
+"""Stage 5: download what finished batches returned, classify each request's result, hand successes to the task,
+and commit the output, requeued requests, failures and actual spend of a batch in one commit."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import openai
+import orjson
+
+from gbatch_flows import api, costs
+from gbatch_flows.engine import limits
+from gbatch_flows.engine.context import Engine, EngineStop
+from gbatch_flows.engine.generate import request_dict, write_segment
+from gbatch_flows.engine.protocol import Processed, ResponseInvalid, Result
+from gbatch_flows.engine.state import TASK, TOTALS, Changes, segment_key, session_key
+from gbatch_flows.models import BatchRecord, Outcomes, Request, ResultLine, Spend, Usage
+from gbatch_flows.store import BlobRef
+
+log = logging.getLogger("gbatch_flows.engine.process")
+
+TOKEN_LIMIT_CODE = "token_limit_exceeded"
+
+
+def usage_of(body: dict[str, Any] | None) -> Usage:
+    usage = (body or {}).get("usage") or {}
+    details = usage.get("prompt_tokens_details") or {}
+    return Usage(
+        prompt_tokens=int(usage.get("prompt_tokens") or 0),
+        completion_tokens=int(usage.get("completion_tokens") or 0),
+        cached_tokens=int(details.get("cached_tokens") or 0),
+    )
+
+
+def download_results(engine: Engine, batch: BatchRecord) -> BlobRef:
+    """Output and error files of a remote batch, streamed into one immutable results blob."""
+
+    def chunks() -> Iterator[bytes]:
+        for file_id in (batch.output_file_id, batch.error_file_id):
+            if not file_id:
+                continue
+            with engine.client.files.with_streaming_response.content(file_id) as response:
+                tail = b""
+                for chunk in response.iter_bytes():
+                    tail = chunk[-1:] if chunk else tail
+                    yield chunk
+                if tail and tail != b"\n":
+                    yield b"\n"
+
+    return engine.store.put_blob(f"results/{batch.local_id:06d}.jsonl", chunks())
+
+
+@dataclass
+class BatchOutcome:
+    outcomes: Outcomes = field(default_factory=Outcomes)
+    usage: Usage = field(default_factory=Usage)
+    output: list[tuple[int, int, bytes]] = field(default_factory=list)
+    requeue: list[dict[str, Any]] = field(default_factory=list)
+    failed: list[bytes] = field(default_factory=list)
+    next_part: int = 0
+
+
+class BatchProcessor:
+    """Classifies the results of one batch and applies the task's callbacks."""
+
+    def __init__(self, engine: Engine, batch: BatchRecord, force_retry: str | None = None):
+        self.engine = engine
+        self.batch = batch
+        self.meta = engine.meta
+        self.options = engine.options
+        self.force_retry = force_retry
+        self.out = BatchOutcome(next_part=engine.state.require_task().next_part)
+
+    def run(self, results: dict[str, ResultLine]) -> BatchOutcome:
+        store = self.engine.store
+        inputs = store.iter_lines(BlobRef.model_validate(self.batch.input_ref))
+        for side_raw, input_raw in zip(store.iter_lines(BlobRef.model_validate(self.batch.sidecar_ref)), inputs):
+            side = orjson.loads(side_raw)
+            request = Request(payload=orjson.loads(input_raw)["body"], **side)
+            line = results.get(request.custom_id)
+            if line is not None and line.body is not None:
+                self.out.usage = self.out.usage + usage_of(line.body)
+            self._handle(request, line)
+        return self.out
+
+    def _handle(self, request: Request, line: ResultLine | None) -> None:
+        if self.force_retry:
+            self._retry(request, self.force_retry)
+            return
+        outcome, reason = api.classify_result(line)
+        if outcome is api.Outcome.OK:
+            assert line is not None
+            result = Result(request, True, line.body, None, usage_of(line.body), line, self.batch.mode)
+            try:
+                processed = self.engine.task.process_result(result, self.meta)
+            except ResponseInvalid as exc:
+                processed = Processed(retry=f"invalid response: {exc}")
+            self._apply(request, processed)
+        elif outcome is api.Outcome.RETRYABLE or self.options.retry_fatal_requests:
+            self._retry(request, reason or "error")
+        else:
+            self._fail(request, reason or "fatal error")
+
+    def _apply(self, request: Request, processed: Processed) -> None:
+        if processed.fail:
+            self._fail(request, processed.fail)
+            return
+        if processed.retry:
+            self._retry(request, processed.retry)
+            return
+        self.out.outcomes.ok += 1
+        self._records(request, processed.records)
+        for spec in processed.followups:
+            record = request_dict(spec, self.meta, request.seq, part=self.out.next_part)
+            self.out.next_part += 1
+            self.out.requeue.append(record)
+            self.out.outcomes.followups += 1
+
+    def _records(self, request: Request, records: list[dict[str, Any]]) -> None:
+        for record in records:
+            line = orjson.dumps({"seq": request.seq, "key": request.key, "part": request.part, "record": record})
+            self.out.output.append((request.seq, request.part, line))
+
+    def _retry(self, request: Request, reason: str) -> None:
+        if request.retry < self.options.max_retries:
+            self.out.outcomes.retried += 1
+            self.out.requeue.append(request.model_copy(update={"retry": request.retry + 1}).model_dump(mode="json"))
+        else:
+            self._fail(request, f"retries exhausted ({self.options.max_retries}); last error: {reason}")
+
+    def _fail(self, request: Request, reason: str) -> None:
+        self.out.outcomes.failed += 1
+        self.out.failed.append(orjson.dumps({"request": request.model_dump(mode="json"), "reason": reason}))
+        self._records(request, self.engine.task.process_failure(request, reason, self.meta) or [])
+
+
+def read_results(engine: Engine, ref: BlobRef) -> dict[str, ResultLine]:
+    results: dict[str, ResultLine] = {}
+    malformed = 0
+    for raw in engine.store.iter_lines(ref):
+        if not raw.strip():
+            continue
+        line = api.parse_result_line(raw)
+        if line is None:
+            malformed += 1
+            continue
+        results[line.custom_id] = line
+    if malformed:
+        log.warning("%d malformed result lines in %s: those requests will be retried", malformed, ref.path)
+    return results
+
+
+def process(engine: Engine) -> list[int]:
+    """Process every finished batch in local-id order; returns the ids processed."""
+    done: list[int] = []
+    for batch in engine.state.batches_in("done"):
+        if batch.remote_status == "failed":
+            if _handle_failed_batch(engine, batch):
+                continue
+            force_retry = f"batch failed: {_error_summary(batch)}"
+        else:
+            force_retry = None
+        process_batch(engine, batch, force_retry)
+        done.append(batch.local_id)
+    return done
+
+
+def _error_summary(batch: BatchRecord) -> str:
+    return "; ".join(f"{e.get('code')}: {e.get('message')}" for e in batch.remote_errors[:3]) or "no details"
+
+
+def _handle_failed_batch(engine: Engine, batch: BatchRecord) -> bool:
+    """True when the failed batch was dealt with here (re-queued for a later push or the run stops)."""
+    if any(e.get("code") == TOKEN_LIMIT_CODE for e in batch.remote_errors):
+        log.warning("batch %d refused by the enqueued-token limit: it waits for remote batches to finish",
+                    batch.local_id)
+        changes = Changes()
+        _release(engine, batch, changes, Spend())
+        changes.batch(batch.model_copy(update={
+            "state": "assembled", "remote_id": None, "remote_status": None, "remote_errors": [],
+            "past_remote_ids": [*batch.past_remote_ids, batch.remote_id or ""], "finished_at": None,
+        }))
+        engine.commit(changes, f"batch {batch.local_id} back to the queue (token limit)")
+        return True
+    task = engine.state.require_task()
+    allowed = engine.options.process_failed_batches
+    if 0 <= allowed <= task.failed_batches_processed:
+        raise EngineStop(
+            f"batch {batch.local_id} ({batch.remote_id}) failed: {_error_summary(batch)}. Fix the cause, then run "
+            f"with --process_failed_batches {task.failed_batches_processed + 1} to requeue its requests "
+            "(or --wipe_task to start over)"
+        )
+    return False
+
+
+def _release(engine: Engine, batch: BatchRecord, changes: Changes, actual: Spend) -> None:
+    state = engine.state
+    reserved = limits.worst_spend(batch)
+    changes.set(TOTALS, limits.settle(state.totals, reserved, actual))
+    if batch.session:
+        changes.set(session_key(batch.session), limits.settle(state.session(batch.session), reserved, actual))
+
+
+def process_batch(engine: Engine, batch: BatchRecord, force_retry: str | None = None) -> None:
+    if batch.results_ref is not None:
+        ref = BlobRef.model_validate(batch.results_ref)
+    elif batch.output_file_id or batch.error_file_id:
+        try:
+            ref = download_results(engine, batch)
+        except openai.OpenAIError as exc:
+            log.warning("download of batch %d results failed, will retry: %s", batch.local_id,
+                        api.describe_exception(exc))
+            return
+    else:
+        ref = engine.store.put_blob(f"results/{batch.local_id:06d}.jsonl", [b""])
+    out = BatchProcessor(engine, batch, force_retry).run(read_results(engine, ref))
+    _commit_processed(engine, batch, ref, out, failed_batch=force_retry is not None)
+
+
+def _commit_processed(engine: Engine, batch: BatchRecord, ref: BlobRef, out: BatchOutcome, failed_batch: bool) -> None:
+    store = engine.store
+    task = engine.state.require_task()
+    changes = Changes()
+    update: dict[str, Any] = {"next_part": out.next_part}
+    name = f"{batch.local_id:06d}"
+    output_ref = failed_ref = None
+    if out.output:
+        out.output.sort(key=lambda t: (t[0], t[1]))
+        output_ref = store.put_blob(f"output/parts/{name}.jsonl", [b"\n".join(t[2] for t in out.output) + b"\n"])
+    if out.failed:
+        failed_ref = store.put_blob(f"failed/{name}.jsonl", [b"\n".join(out.failed) + b"\n"])
+    if out.requeue:
+        index = task.next_segment
+        lines = [orjson.dumps(r) for r in out.requeue]
+        segment = write_segment(engine, index, lines, sum(r["tokens"] for r in out.requeue), "retry")
+        changes.set(segment_key(index), segment)
+        update["next_segment"] = index + 1
+    prices = engine.prices(batch.model)
+    cost = costs.actual_cost(out.usage.model_dump() | {"prompt_tokens_details": {"cached_tokens": out.usage.cached_tokens}},
+                             prices, batch.mode)
+    ratio = out.outcomes.ok / batch.requests if batch.requests else 1.0
+    passed = ratio >= engine.options.min_pass_ratio
+    update["consecutive_pass_failures"] = 0 if passed else task.consecutive_pass_failures + 1
+    if failed_batch:
+        update["failed_batches_processed"] = task.failed_batches_processed + 1
+    _release(engine, batch, changes, Spend(requests=batch.requests, tokens=out.usage.total, cost=cost))
+    changes.batch(batch.model_copy(update={
+        "state": "processed", "results_ref": ref.model_dump(mode="json"),
+        "output_ref": output_ref.model_dump(mode="json") if output_ref else None,
+        "failed_ref": failed_ref.model_dump(mode="json") if failed_ref else None,
+        "outcomes": out.outcomes, "usage": out.usage, "cost": cost, "passed": passed, "processed_at": time.time(),
+    }))
+    changes.set(TASK, task.model_copy(update=update))
+    engine.commit(changes, f"processed batch {batch.local_id}: {out.outcomes.model_dump()}")
+    log.info("processed batch %d: ok %d, retried %d, failed %d, follow-ups %d, $%.4f", batch.local_id,
+             out.outcomes.ok, out.outcomes.retried, out.outcomes.failed, out.outcomes.followups, cost)
+    if update["consecutive_pass_failures"] > engine.options.max_pass_failures:
+        raise EngineStop(
+            f"{update['consecutive_pass_failures']} batches in a row had fewer than {engine.options.min_pass_ratio:.0%} "
+            f"successful requests (last: batch {batch.local_id}, {ratio:.0%}): stopping before more money is spent. "
+            "Look at the failed requests (failed/*.jsonl in the task folder), fix the cause, then rerun "
+            "(--max_pass_failures / --min_pass_ratio change the rule)"
+        )

@@ -1,0 +1,141 @@
+"""The run loop over the stages: generate, then process / assemble / push (or direct) / poll until done or stopped.
+
+The Prefect flow (``gbatch_flows/flow.py``) drives the same stage functions and uses the decisions below, so the
+plain Python run and the flow behave alike.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from gbatch_flows.engine import limits
+from gbatch_flows.engine.assemble import assemble
+from gbatch_flows.engine.context import Engine, EngineStop
+from gbatch_flows.engine.direct import DirectStats, run_direct
+from gbatch_flows.engine.generate import generate
+from gbatch_flows.engine.pacer import Pacer
+from gbatch_flows.engine.poll import poll
+from gbatch_flows.engine.process import process
+from gbatch_flows.engine.push import push
+from gbatch_flows.engine.state import TaskState
+
+log = logging.getLogger("gbatch_flows.engine.runner")
+
+
+@dataclass
+class RunSummary:
+    status: str  # "finished", "stopped" (a limit stops it), "waiting" (batches still remote), "error" (a rule stops it)
+    reason: str = ""
+    generation: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def is_finished(state: TaskState) -> bool:
+    task = state.task
+    if task is None or not task.generated:
+        return False
+    return state.queued_requests() == 0 and not state.batches_in("assembled", "pushing", "pushed", "done")
+
+
+def counts(state: TaskState) -> dict[str, int]:
+    """Requests by where they are, for progress reports."""
+    out = {"generated": state.task.generated_requests if state.task else 0, "queued": state.queued_requests()}
+    for name in ("assembled", "pushing", "pushed", "done", "processed"):
+        out[f"batches_{name}"] = len(state.batches_in(name))
+    processed = state.batches_in("processed")
+    out["ok"] = sum(b.outcomes.ok for b in processed)
+    out["failed"] = sum(b.outcomes.failed for b in processed)
+    out["retried"] = sum(b.outcomes.retried for b in processed)
+    return out
+
+
+def choose_mode(engine: Engine) -> str:
+    """``direct`` when forced, or for the last few requests (``direct_finish_requests``); else ``batch``."""
+    options = engine.options
+    if options.force_direct:
+        return "direct"
+    queued = engine.state.queued_requests()
+    if options.direct_finish_requests and engine.state.task and engine.state.task.generated:
+        if 0 < queued <= options.direct_finish_requests:
+            return "direct"
+    return "batch"
+
+
+def blocked_reason(engine: Engine) -> str | None:
+    """Why nothing more can be sent in this session although work remains (a spend limit), or None."""
+    state = engine.state
+    if state.batches_in("pushing", "pushed", "done"):
+        return None
+    waiting = state.batches_in("assembled")
+    if waiting:
+        return limits.spend_refusal(engine.options, state, engine.session_id, waiting[0])
+    if state.queued_requests():
+        session, task = limits.spend_caps(engine.options, state, engine.session_id)
+        for scope, caps in (("session", session), ("task", task)):
+            if caps.requests < 1 or caps.tokens <= 0 or caps.cost <= 0:
+                return f"max_{scope}_" + ("requests" if caps.requests < 1 else "ktokens" if caps.tokens <= 0 else "cost")
+        return "budget (the next request does not fit in what is left of the session or task limits)"
+    return None
+
+
+class Runner:
+    """Runs stages until the task is finished, a limit stops it, or (``max_poll_wait_s``) waiting is too long."""
+
+    def __init__(self, engine: Engine, sleep: Callable[[float], None] = time.sleep,
+                 on_tick: Callable[[Engine, dict], None] | None = None):
+        self.engine = engine
+        self.sleep = sleep
+        self.on_tick = on_tick
+        self.pacer = Pacer(engine.options.max_direct_rpm, engine.options.max_direct_tpm)
+        self.direct_stats = DirectStats()
+
+    def run(self) -> RunSummary:
+        engine, options = self.engine, self.engine.options
+        if not options.only_process:
+            generate(engine)
+        wait = options.poll_interval_min_s
+        waited = 0.0
+        while True:
+            progressed = bool(process(engine))
+            if not options.only_process:
+                mode = choose_mode(engine)
+                progressed |= bool(assemble(engine, mode))
+                if mode == "direct":
+                    progressed |= bool(run_direct(engine, self.pacer, self.direct_stats))
+                if engine.state.batches_in("assembled", "pushing"):
+                    push(engine)
+            report = poll(engine)
+            progressed |= bool(report.finished)
+            if self.on_tick:
+                self.on_tick(engine, {"progress": report.progress})
+            state = engine.state
+            if is_finished(state):
+                return RunSummary("finished", "all requests processed", state.generation, counts(state))
+            if options.only_process and not state.batches_in("pushing", "pushed", "done"):
+                return RunSummary("stopped", "only_process: no remote batch left to wait for", state.generation,
+                                  counts(state))
+            reason = blocked_reason(engine)
+            if reason and not progressed:
+                return RunSummary("stopped", f"{reason} reached: nothing more can be sent in this session",
+                                  state.generation, counts(state))
+            if progressed:
+                wait, waited = options.poll_interval_min_s, 0.0
+                continue
+            if options.max_poll_wait_s is not None and waited >= options.max_poll_wait_s:
+                return RunSummary("waiting", f"batches still running after {waited:.0f}s; run again to resume",
+                                  state.generation, counts(state))
+            self.sleep(wait)
+            waited += wait
+            wait = min(options.poll_interval_max_s, wait * 1.5)
+
+
+def run_engine(engine: Engine, **kwargs) -> RunSummary:
+    try:
+        return Runner(engine, **kwargs).run()
+    except EngineStop as stop:
+        state = engine.refresh()
+        log.error("stopped: %s", stop)
+        return RunSummary("error", str(stop), state.generation, counts(state))

@@ -1,0 +1,279 @@
+"""The Prefect layer: one flow per task, one Prefect task per stage, artifacts for progress and cost.
+
+The stages are the engine's plain functions; this module adds Prefect's caching, retries, run names and
+artifacts. The manifest decides correctness: a stage's cache key is (task folder, manifest generation it starts
+from, stage options), so a retried flow run skips a stage only when the state it would start from is unchanged,
+and everything still resumes correctly with Prefect's result storage wiped.
+
+Secrets never become flow parameters: the API key comes from the environment of the process that runs the flow
+(``OPENAI_API_KEY``), never from the parameters stored on the Prefect server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import uuid
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext
+from prefect.states import Cancelled
+
+from gbatch_flows import reporting
+from gbatch_flows.engine.assemble import assemble
+from gbatch_flows.engine.context import Engine, EngineStop
+from gbatch_flows.engine.direct import run_direct
+from gbatch_flows.engine.generate import generate
+from gbatch_flows.engine.poll import poll
+from gbatch_flows.engine.process import process
+from gbatch_flows.engine.push import push
+from gbatch_flows.engine.runner import RunSummary, blocked_reason, choose_mode, counts, is_finished
+from gbatch_flows.launch import api_endpoint, open_engine, prepare, task_url
+from gbatch_flows.monitor import make_monitor
+from gbatch_flows.options import Options
+from gbatch_flows.runs import finish_output
+from gbatch_flows.store import LeaseHeld
+from gbatch_flows.task import Task
+
+log = logging.getLogger("gbatch_flows.flow")
+
+# Engines opened by flow runs in this process, by run token (stages receive the token, never the engine).
+_ENGINES: dict[str, Engine] = {}
+
+
+def _options_hash(options: Options) -> str:
+    return hashlib.sha256(json.dumps(options.public_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _stage_cache_key(context: Any, parameters: dict[str, Any]) -> str:
+    return "gbatch:{stage}:{url}:{generation}:{options_hash}".format(**parameters)
+
+
+def _retry_unless_stop(task_obj: Any, task_run: Any, state: Any) -> bool:
+    """Stage retries are for transient trouble; a rule that stops the run (EngineStop) is final."""
+    try:
+        exc = state.result(raise_on_failure=False)
+    except Exception:  # noqa: BLE001 - unknown: let the retry policy decide
+        return True
+    return not isinstance(exc, (EngineStop, LeaseHeld, KeyboardInterrupt))
+
+
+def _run_stage(token: str, stage: str) -> dict[str, Any]:
+    engine = _ENGINES[token]
+    engine.refresh()
+    if stage == "generate":
+        generate(engine)
+        out: Any = engine.state.require_task().generated_requests
+    elif stage == "assemble":
+        out = assemble(engine, choose_mode(engine))
+    elif stage == "process":
+        out = process(engine)
+    elif stage == "push":
+        out = push(engine)
+    elif stage == "direct":
+        out = run_direct(engine)
+    else:
+        raise ValueError(stage)
+    return {"stage": stage, "result": out, "generation": engine.state.generation}
+
+
+_STAGE_OPTS: dict[str, Any] = dict(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_retry_unless_stop)
+
+
+@task(name="generate-requests", cache_key_fn=_stage_cache_key, persist_result=True, **_STAGE_OPTS)
+def generate_stage(token: str, stage: str, url: str, generation: int, options_hash: str) -> dict[str, Any]:
+    return _run_stage(token, stage)
+
+
+@task(name="assemble-batches", cache_key_fn=_stage_cache_key, persist_result=True, **_STAGE_OPTS)
+def assemble_stage(token: str, stage: str, url: str, generation: int, options_hash: str) -> dict[str, Any]:
+    return _run_stage(token, stage)
+
+
+@task(name="process-results", cache_key_fn=_stage_cache_key, persist_result=True, **_STAGE_OPTS)
+def process_stage(token: str, stage: str, url: str, generation: int, options_hash: str) -> dict[str, Any]:
+    return _run_stage(token, stage)
+
+
+@task(name="push-batches", cache_policy=NO_CACHE, **_STAGE_OPTS)
+def push_stage(token: str, stage: str, url: str, generation: int, options_hash: str) -> dict[str, Any]:
+    return _run_stage(token, stage)
+
+
+@task(name="direct-requests", cache_policy=NO_CACHE, **_STAGE_OPTS)
+def direct_stage(token: str, stage: str, url: str, generation: int, options_hash: str) -> dict[str, Any]:
+    return _run_stage(token, stage)
+
+
+@task(name="wait-for-batches", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[5, 30, 60])
+def wait_stage(token: str, url: str, max_wait_s: float | None) -> dict[str, Any]:
+    """Poll with back-off until a remote batch finishes (or the wait budget is used); sleeps, never spins."""
+    import time
+
+    engine = _ENGINES[token]
+    options = engine.options
+    wait, waited = options.poll_interval_min_s, 0.0
+    while True:
+        engine.refresh()
+        report = poll(engine)
+        if report.finished or not engine.state.batches_in("pushed"):
+            return {"finished": report.finished, "waited_s": waited, "in_flight": report.in_flight}
+        if max_wait_s is not None and waited >= max_wait_s:
+            return {"finished": [], "waited_s": waited, "in_flight": report.in_flight, "timeout": True}
+        time.sleep(wait)
+        waited += wait
+        wait = min(options.poll_interval_max_s, wait * 1.5)
+
+
+class _Artifacts:
+    """Progress and batch-table artifacts of one flow run (keys: lowercase letters, digits, dashes)."""
+
+    def __init__(self, task_name: str):
+        self.key = task_name.lower().replace("_", "-")
+        self.progress_id = create_progress_artifact(0.0, key=f"{self.key}-progress",
+                                                    description=f"{task_name}: requests done / generated")
+
+    def update(self, engine: Engine) -> None:
+        figures = reporting.metrics(engine.state, engine.session_id)
+        update_progress_artifact(self.progress_id, 100.0 * figures["requests/progress"])
+
+    def final(self, engine: Engine, summary: RunSummary, output_url: str, records: int) -> None:
+        state = engine.state
+        rows = reporting.batch_rows(state)
+        if rows:
+            create_table_artifact(rows, key=f"{self.key}-batches", description="batches: status, requests, tokens, cost")
+        create_markdown_artifact(
+            f"## {state.require_task().name}: {summary.status}\n\n{summary.reason}\n\n"
+            f"- {reporting.summary_line(state, engine.session_id)}\n- output: `{output_url}` ({records} records)\n",
+            key=f"{self.key}-summary", description="session summary",
+        )
+
+
+def _session_id(explicit: str | None) -> str:
+    """One session per flow run, shared by its retries (so session limits hold across retries)."""
+    if explicit:
+        return explicit
+    ctx = FlowRunContext.get()
+    if ctx and ctx.flow_run:
+        return str(ctx.flow_run.id)[:12]
+    return uuid.uuid4().hex[:12]
+
+
+def run_task_flow(task_obj: Task, options: Options, session_id: str | None = None) -> Any:
+    """The body of a task's flow: set-up, maintenance, the stage loop, output and artifacts."""
+    logger = get_run_logger()
+    session = _session_id(session_id)
+    url = task_url(options, task_obj)
+    with api_endpoint(options, task_obj) as (base_url, key, local):
+        try:
+            opened = open_engine(task_obj, options, session, base_url=base_url, api_key=key, local_server=local)
+            engine = opened.__enter__()
+        except LeaseHeld as exc:
+            logger.error("%s", exc)
+            return Cancelled(message=f"another run holds this task: {exc}")
+        token = uuid.uuid4().hex
+        _ENGINES[token] = engine
+        monitor = make_monitor(options)
+        try:
+            prepare(engine, task_obj)
+            if options.no_run:
+                return RunSummary("stopped", "no_run: maintenance done", engine.state.generation, counts(engine.state))
+            monitor.start({"task": task_obj.name, "session": session, "task_dir": url})
+            artifacts = _Artifacts(task_obj.name)
+            summary = _loop(engine, token, url, options, artifacts, monitor)
+            out_url, n = finish_output(engine, task_obj)
+            artifacts.final(engine, summary, out_url, n)
+            logger.info("%s: %s (%s); output %s (%d records)", summary.status, summary.reason,
+                        reporting.summary_line(engine.state, session), out_url, n)
+            if summary.status == "error":
+                raise EngineStop(summary.reason)
+            return summary
+        finally:
+            _ENGINES.pop(token, None)
+            monitor.finish()
+            opened.__exit__(None, None, None)
+
+
+def _loop(engine: Engine, token: str, url: str, options: Options, artifacts: _Artifacts, monitor: Any) -> RunSummary:
+    opts_hash = _options_hash(options)
+
+    def stage(fn: Any, name: str) -> dict[str, Any]:
+        engine.refresh()
+        result = fn(token, name, url, engine.state.generation, opts_hash)
+        engine.refresh()
+        artifacts.update(engine)
+        monitor.log(reporting.metrics(engine.state, engine.session_id))
+        monitor.log_batch_states(reporting.batch_states(engine.state))
+        return result
+
+    if not options.only_process:
+        stage(generate_stage, "generate")
+    while True:
+        progressed = bool(stage(process_stage, "process")["result"])
+        if not options.only_process:
+            progressed |= bool(stage(assemble_stage, "assemble")["result"])
+            if choose_mode(engine) == "direct" or any(b.mode == "direct" for b in engine.state.batches_in("assembled")):
+                progressed |= bool(stage(direct_stage, "direct")["result"])
+            if engine.state.batches_in("assembled", "pushing"):
+                stage(push_stage, "push")
+        state = engine.refresh()
+        if is_finished(state):
+            return RunSummary("finished", "all requests processed", state.generation, counts(state))
+        if options.only_process and not state.batches_in("pushing", "pushed", "done"):
+            return RunSummary("stopped", "only_process: no remote batch left", state.generation, counts(state))
+        reason = blocked_reason(engine)
+        if reason and not progressed:
+            return RunSummary("stopped", f"{reason} reached: nothing more can be sent in this session",
+                              state.generation, counts(state))
+        if state.batches_in("done") or progressed:
+            continue
+        waited = wait_stage(token, url, options.max_poll_wait_s)
+        if waited.get("timeout"):
+            state = engine.refresh()
+            return RunSummary("waiting", "batches still running; run again to resume", state.generation, counts(state))
+
+
+def make_flow(task_cls: type[Task]):
+    """A Prefect flow for ``task_cls`` taking JSON-friendly parameters (deployable from prefect.yaml)."""
+
+    @flow(name=task_cls.name.replace("_", "-"), flow_run_name=f"{task_cls.name}-{{session_id}}",
+          validate_parameters=True, log_prints=True)
+    def task_flow(options: dict[str, Any] | None = None, params: dict[str, Any] | None = None,
+                  session_id: str | None = None) -> Any:
+        opts = Options.model_validate(options or {})
+        summary = run_task_flow(task_cls(params), opts, session_id)
+        return summary if not isinstance(summary, RunSummary) else summary.__dict__
+
+    task_flow.__doc__ = f"Run the {task_cls.name} task through the Batch API / direct API."
+    return task_flow
+
+
+def flow_parameters(options: Options, params: dict[str, Any] | None) -> dict[str, Any]:
+    """Flow parameters: options without secrets (the key travels in the environment), task params."""
+    return {"options": options.public_dict(), "params": params or {}}
+
+
+def run_flow(task_obj: Task, options: Options, session_id: str | None = None) -> RunSummary:
+    """Run ``task_obj`` through its Prefect flow in this process (ephemeral Prefect when no server is set)."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    key = options.api_key()
+    if key:
+        os.environ["OPENAI_API_KEY"] = key  # the flow reads it from the environment, never from parameters
+    params = task_obj.params.model_dump(mode="json") if task_obj.params is not None else {}
+    session = session_id or uuid.uuid4().hex[:12]
+    result = make_flow(type(task_obj))(**flow_parameters(options, params), session_id=session)
+    if isinstance(result, dict):
+        return RunSummary(**result)
+    if isinstance(result, RunSummary):
+        return result
+    return RunSummary("stopped", str(getattr(result, "message", result)))

@@ -1,0 +1,291 @@
+"""The task lease: one run at a time per task, by compare-and-swap on lease.json, renewed in the background."""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import TYPE_CHECKING, Self
+
+from pydantic import ValidationError
+
+from gbatch_flows.store.errors import CasConflict, LeaseHeld, StoreError
+from gbatch_flows.store.models import SCHEMA_VERSION, LeaseRecord
+from gbatch_flows.store.paths import LEASE_FILE
+
+if TYPE_CHECKING:
+    from gbatch_flows.store.backend import Backend
+    from gbatch_flows.store.base import Store
+
+log = logging.getLogger(__name__)
+
+_ACQUIRE_ATTEMPTS = 8
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _parse(url: str, data: bytes | None) -> LeaseRecord | None:
+    if data is None:
+        return None
+    try:
+        version = json.loads(data).get("schema_version")
+    except (ValueError, AttributeError):
+        version = None
+    if isinstance(version, int) and version > SCHEMA_VERSION:
+        raise StoreError(f"{url}/lease.json was written by a newer gbatch_flows; upgrade gbatch_flows")
+    try:
+        return LeaseRecord.model_validate_json(data)
+    except ValidationError as exc:
+        raise StoreError(
+            f"{url}/lease.json is unreadable ({exc.errors()[0]['msg']}). If no other run is working on this "
+            "task, delete lease.json and retry."
+        ) from None
+
+
+def _write(backend: Backend, record: LeaseRecord, expected: str | None) -> str:
+    """CAS-write a record; a conflict that turns out to be our own (retried) write counts as success."""
+    data = record.model_dump_json().encode()
+    try:
+        return backend.cas_write(LEASE_FILE, data, expected)
+    except CasConflict:
+        current, token = backend.cas_read(LEASE_FILE)
+        if current == data and token is not None:
+            return token
+        raise
+
+
+def _held_message(url: str, record: LeaseRecord, now: float) -> str:
+    return (
+        f"the task at {url} is being run by {record.owner} (host {record.host}, pid {record.pid}); its lease "
+        f"is valid until {record.expires} ({record.expires_at - now:.0f} s from now). Wait for that run to "
+        f"finish or for its lease to expire, or, if you are sure that run is dead, delete {url}/lease.json "
+        "and retry."
+    )
+
+
+class Lease:
+    """This run's claim on a task. Use as a context manager; ``check()`` before acting on the task."""
+
+    def __init__(self, store: Store, record: LeaseRecord, token: str, renew: bool):
+        self._store = store
+        self._backend = store.backend
+        self._record = record
+        self._token = token
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._released = False
+        self._lost: LeaseHeld | None = None
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+        atexit.register(self._release_at_exit)
+        if renew:
+            self._thread = threading.Thread(
+                target=self._renew_loop, name=f"lease-renew:{store.url}", daemon=True
+            )
+            self._thread.start()
+
+    @property
+    def owner(self) -> str:
+        """Owner id written in lease.json (``host:pid:random`` unless given)."""
+        return self._record.owner
+
+    @property
+    def ttl_s(self) -> float:
+        return self._record.ttl_s
+
+    @property
+    def expires_at(self) -> float:
+        """Epoch seconds until which the lease is ours without renewal."""
+        return self._record.expires_at
+
+    @property
+    def released(self) -> bool:
+        return self._released
+
+    @property
+    def lost(self) -> bool:
+        return self._lost is not None
+
+    def __repr__(self) -> str:
+        state = "released" if self._released else "lost" if self._lost else f"until {self._record.expires}"
+        return f"Lease({self._store.url!r}, owner={self.owner!r}, {state})"
+
+    def _mark_lost(self, current: LeaseRecord | None) -> LeaseHeld:
+        if current is None:
+            how = "lease.json was deleted"
+        elif current.owner != self.owner:
+            how = f"{current.owner} (host {current.host}, pid {current.pid}) took it over at {_iso(current.acquired_at)}"
+        else:
+            how = "it was released"
+        self._lost = LeaseHeld(
+            f"this run lost the lease of {self._store.url}: {how} (ours expired at {self._record.expires}). "
+            "Stop working on this task: another run may be changing it now.",
+            holder=current.owner if current else None,
+            expires_at=current.expires_at if current else None,
+        )
+        self._stop.set()
+        return self._lost
+
+    def _current(self) -> tuple[LeaseRecord | None, str | None]:
+        data, token = self._backend.cas_read(LEASE_FILE)
+        return _parse(self._store.url, data), token
+
+    def _ensure_usable(self) -> None:
+        if self._released:
+            raise StoreError(f"the lease of {self._store.url} was already released")
+        if self._lost is not None:
+            raise self._lost
+
+    def check(self) -> None:
+        """Raise LeaseHeld if the lease is no longer ours; renew it now if it has expired but is still ours."""
+        with self._lock:
+            self._ensure_usable()
+            current, token = self._current()
+            if current is None or current.owner != self.owner or current.released:
+                raise self._mark_lost(current)
+            self._record, self._token = current, token or self._token
+            if current.expires_at <= time.time():
+                self.renew()
+
+    def renew(self) -> None:
+        """Extend the lease by ``ttl_s`` from now (compare-and-swap)."""
+        with self._lock:
+            self._ensure_usable()
+            for _ in range(3):
+                current, token = self._current()
+                if current is None or current.owner != self.owner or current.released:
+                    raise self._mark_lost(current)
+                now = time.time()
+                record = current.model_copy(
+                    update={
+                        "renewed_at": now,
+                        "expires_at": now + current.ttl_s,
+                        "expires": _iso(now + current.ttl_s),
+                        "seq": current.seq + 1,
+                    }
+                )
+                try:
+                    self._token = _write(self._backend, record, token)
+                except CasConflict:
+                    continue
+                self._record = record
+                return
+            raise StoreError(f"could not renew the lease of {self._store.url}: lease.json kept changing")
+
+    def _renew_loop(self) -> None:
+        interval = max(self._record.ttl_s / 3, 0.01)
+        while not self._stop.wait(interval):
+            if self._released:
+                return
+            try:
+                self.renew()
+            except LeaseHeld as exc:
+                log.error("%s", exc)
+                return
+            except Exception as exc:  # noqa: BLE001 - transient storage errors: try again next tick
+                if self._released:
+                    return
+                log.warning("renewing the lease of %s failed, will retry: %s", self._store.url, exc)
+
+    def release(self) -> None:
+        """Give the lease up (idempotent). Marks lease.json released so the next run can start at once."""
+        with self._lock:
+            if self._released:
+                return
+            self._released = True
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
+        atexit.unregister(self._release_at_exit)
+        if self._lost is not None:
+            return
+        try:
+            current, token = self._current()
+            if current is not None and current.owner == self.owner and not current.released:
+                now = time.time()
+                record = current.model_copy(
+                    update={
+                        "released": True,
+                        "renewed_at": now,
+                        "expires_at": now,
+                        "expires": _iso(now),
+                        "seq": current.seq + 1,
+                    }
+                )
+                _write(self._backend, record, token)
+        except Exception as exc:  # noqa: BLE001 - releasing is best effort; the lease expires anyway
+            log.warning(
+                "could not release the lease of %s (it expires at %s): %s",
+                self._store.url,
+                self._record.expires,
+                exc,
+            )
+
+    def _release_at_exit(self) -> None:
+        if os.getpid() == self._pid:  # a forked child exiting must not release its parent's lease
+            self.release()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()
+
+
+def acquire_lease(store: Store, *, ttl_s: float = 60, owner: str | None = None, renew: bool = True) -> Lease:
+    """Take the lease of ``store``'s task, taking over an expired or released one; LeaseHeld if it is live."""
+    if not ttl_s > 0:
+        raise ValueError(f"ttl_s must be > 0, got {ttl_s}")
+    from gbatch_flows.store.base import default_owner_id
+
+    owner = owner or default_owner_id()
+    backend = store.backend
+    for _ in range(_ACQUIRE_ATTEMPTS):
+        data, token = backend.cas_read(LEASE_FILE)
+        current = _parse(store.url, data)
+        now = time.time()
+        if (
+            current is not None
+            and not current.released
+            and current.expires_at > now
+            and current.owner != owner
+        ):
+            raise LeaseHeld(
+                _held_message(store.url, current, now), holder=current.owner, expires_at=current.expires_at
+            )
+        if current is not None and not current.released and current.owner != owner:
+            log.warning(
+                "taking over the expired lease of %s from %s (expired at %s)",
+                store.url,
+                current.owner,
+                current.expires,
+            )
+        record = LeaseRecord(
+            owner=owner,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            acquired_at=now,
+            renewed_at=now,
+            expires_at=now + ttl_s,
+            expires=_iso(now + ttl_s),
+            ttl_s=ttl_s,
+            seq=current.seq + 1 if current else 0,
+        )
+        try:
+            new_token = _write(backend, record, token)
+        except CasConflict:
+            continue
+        return Lease(store, record, new_token, renew)
+    raise LeaseHeld(
+        f"could not take the lease of {store.url}: other runs keep changing lease.json; retry later"
+    )

@@ -1,0 +1,150 @@
+"""The Task API: subclass ``Task``, yield requests from ``generate_requests`` and turn results into records in
+``process_result``. Everything else (limits, batches, retries, state, output) is the engine's job.
+
+Task metadata (model, temperature, ...) is fixed when the task is created in its folder; later runs must use the
+same values unless ``--reinit_meta`` is given, so a half-done task never silently mixes two configurations.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any, ClassVar, TypeVar
+
+import pydantic
+from openai.lib._parsing._completions import type_to_response_format_param
+
+from gbatch_flows.engine.protocol import Processed, ResponseInvalid, Result
+from gbatch_flows.models import DEFAULT_ENDPOINT, Request, RequestSpec
+from gbatch_flows.opinions import OpinionAdviser
+
+__all__ = ["Processed", "RequestSpec", "ResponseInvalid", "Result", "Task", "records", "retry"]
+
+M = TypeVar("M", bound=pydantic.BaseModel)
+
+META_OPTIONS = (
+    "model", "temperature", "top_p", "max_completion_tokens", "completion_ratio",
+    "opinions_min", "opinions_max", "confidence",
+)
+
+
+class Task:
+    """Base class of a task. Override ``name``, ``default_meta``, ``generate_requests`` and ``process_result``."""
+
+    name: ClassVar[str] = "task"
+    default_meta: ClassVar[dict[str, Any]] = {
+        "model": "gpt-4o-mini",
+        "temperature": None,
+        "top_p": None,
+        "max_completion_tokens": None,
+        "completion_ratio": 0.35,
+        "opinions_min": 1,
+        "opinions_max": 1,
+        "confidence": 0.0,
+    }
+    #: the pydantic model / dataclass of one output record (used to read the output back)
+    record_type: ClassVar[type | None] = None
+    #: the task's own parameters (fields become CLI flags and flow parameters; their values join the metadata)
+    Params: ClassVar[type[pydantic.BaseModel] | None] = None
+
+    def __init__(self, params: pydantic.BaseModel | dict[str, Any] | None = None):
+        if self.Params is None:
+            self.params = None
+        elif isinstance(params, self.Params):
+            self.params = params
+        else:
+            self.params = self.Params.model_validate(params or {})
+
+    # -- metadata -------------------------------------------------------------------------------------------------
+    def build_meta(self, options: Any | None = None) -> dict[str, Any]:
+        """The task's metadata: ``default_meta`` with the options that were given on top."""
+        meta = dict(self.default_meta)
+        if self.params is not None:
+            meta.update(self.params.model_dump(mode="json"))
+        if options is not None:
+            for name in META_OPTIONS:
+                value = getattr(options, name, None)
+                if value is not None:
+                    meta[name] = value
+        return meta
+
+    @property
+    def output_name(self) -> str:
+        return f"{self.name}_output.jsonl"
+
+    def emulator_responders(self) -> dict[str, Any]:
+        """Responders that make the bundled emulator answer this task plausibly (model name or '*' -> callable)."""
+        return {}
+
+    # -- to override ----------------------------------------------------------------------------------------------
+    def generate_requests(self, meta: dict[str, Any]) -> Iterable[RequestSpec]:
+        raise NotImplementedError
+
+    def process_result(self, result: Result, meta: dict[str, Any]) -> Processed:
+        raise NotImplementedError
+
+    def process_failure(self, request: Request, reason: str, meta: dict[str, Any]) -> list[dict[str, Any]]:
+        """Records for a sample that failed for good; none by default (it is listed in failed/*.jsonl)."""
+        return []
+
+    # -- helpers --------------------------------------------------------------------------------------------------
+    @staticmethod
+    def chat_request(
+        key: str,
+        messages: list[dict[str, Any]],
+        meta: dict[str, Any],
+        response_model: type[pydantic.BaseModel] | None = None,
+        n: int = 1,
+        request_meta: dict[str, Any] | None = None,
+        **extra: Any,
+    ) -> RequestSpec:
+        """A chat completion request with the task's model and sampling metadata (and structured output)."""
+        payload: dict[str, Any] = {"model": meta["model"], "messages": messages}
+        for name in ("temperature", "top_p", "max_completion_tokens"):
+            if meta.get(name) is not None:
+                payload[name] = meta[name]
+        if n != 1:
+            payload["n"] = n
+        if response_model is not None:
+            payload["response_format"] = type_to_response_format_param(response_model)
+        payload.update(extra)
+        return RequestSpec(key=key, payload=payload, endpoint=DEFAULT_ENDPOINT, meta=request_meta or {})
+
+    @staticmethod
+    def contents(result: Result) -> list[str]:
+        """The message contents of every choice of a chat completion result."""
+        body = result.body or {}
+        out = []
+        for choice in body.get("choices") or []:
+            message = choice.get("message") or {}
+            if message.get("refusal"):
+                raise ResponseInvalid(f"the model refused: {message['refusal']}")
+            out.append(message.get("content") or "")
+        if not out:
+            raise ResponseInvalid("the response has no choices")
+        return out
+
+    @staticmethod
+    def parse(content: str, model: type[M]) -> M:
+        """Parse structured output into ``model``; invalid JSON or fields raise ``ResponseInvalid``."""
+        try:
+            return model.model_validate_json(content)
+        except pydantic.ValidationError as exc:
+            raise ResponseInvalid(f"response does not match {model.__name__}: {exc.errors()[:2]}") from exc
+        except json.JSONDecodeError as exc:  # pragma: no cover - pydantic wraps these
+            raise ResponseInvalid(str(exc)) from exc
+
+    @staticmethod
+    def adviser(meta: dict[str, Any]) -> OpinionAdviser:
+        return OpinionAdviser(int(meta.get("opinions_min") or 1), int(meta.get("opinions_max") or 1),
+                              float(meta.get("confidence") or 0.0))
+
+
+def retry(reason: str) -> Processed:
+    return Processed(retry=reason)
+
+
+def records(*items: Any) -> Processed:
+    from gbatch_flows.outputs import to_jsonable
+
+    return Processed(records=[to_jsonable(i) for i in items])
