@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from gbatch_flows import monitor as m
@@ -10,7 +11,8 @@ from gbatch_flows.engine.state import TaskState
 
 def metrics(state: TaskState, session_id: str) -> dict[str, Any]:
     processed = state.batches_in("processed")
-    total = state.task.generated_requests if state.task else 0
+    followups = sum(b.outcomes.followups for b in processed)
+    total = (state.task.generated_requests if state.task else 0) + followups
     ok = sum(b.outcomes.ok for b in processed)
     failed = sum(b.outcomes.failed for b in processed)
     done = ok + failed
@@ -74,3 +76,19 @@ def summary_line(state: TaskState, session_id: str) -> str:
         f"{figures[m.TOKENS_INPUT]} input + {figures[m.TOKENS_OUTPUT]} output tokens, "
         f"session ${figures[m.COST_SESSION]:.4f}, task ${figures[m.COST_TASK]:.4f}"
     )
+
+
+class Throttle:
+    """True at most once per ``interval_s`` (the first call is always True)."""
+
+    def __init__(self, interval_s: float, clock=time.monotonic):
+        self.interval_s = interval_s
+        self.clock = clock
+        self.last: float | None = None
+
+    def ready(self) -> bool:
+        now = self.clock()
+        if self.last is None or now - self.last >= self.interval_s:
+            self.last = now
+            return True
+        return False

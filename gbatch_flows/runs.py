@@ -18,6 +18,8 @@ from gbatch_flows.task import Task
 
 log = logging.getLogger("gbatch_flows")
 
+MONITOR_INTERVAL_S = 10.0
+
 
 def finish_output(engine: Engine, task: Task) -> tuple[str, int]:
     """Write the task's output file from the committed results; returns its URL and number of records."""
@@ -68,15 +70,19 @@ def run_plain(task: Task, options: Options, session_id: str | None = None,
             monitor.start({"task": task.name, "session": engine.session_id, "task_dir": engine.store.url})
             bar = ProgressBar(sys.stdout.isatty())
 
-            def report(state) -> None:
+            throttle = reporting.Throttle(MONITOR_INTERVAL_S)
+
+            def report(state, force: bool = False) -> None:
                 figures = reporting.metrics(state, engine.session_id)
                 bar.update(figures)
-                monitor.log(figures)
-                monitor.log_batch_states(reporting.batch_states(state))
+                if throttle.ready() or force:
+                    monitor.log(figures)
+                    monitor.log_batch_states(reporting.batch_states(state))
 
             engine.on_commit.append(report)
             try:
                 summary = run_engine(engine)
+                report(engine.state, force=True)
                 url, n = finish_output(engine, task)
                 log.info("output: %d records in %s", n, url)
                 log.info("%s: %s. %s", summary.status, summary.reason,

@@ -23,7 +23,7 @@ __all__ = ["Processed", "RequestSpec", "ResponseInvalid", "Result", "Task", "rec
 M = TypeVar("M", bound=pydantic.BaseModel)
 
 META_OPTIONS = (
-    "model", "temperature", "top_p", "max_completion_tokens", "completion_ratio",
+    "chat_endpoint", "model", "temperature", "top_p", "max_completion_tokens", "completion_ratio",
     "opinions_min", "opinions_max", "confidence",
 )
 
@@ -33,6 +33,7 @@ class Task:
 
     name: ClassVar[str] = "task"
     default_meta: ClassVar[dict[str, Any]] = {
+        "chat_endpoint": DEFAULT_ENDPOINT,
         "model": "gpt-4o-mini",
         "temperature": None,
         "top_p": None,
@@ -108,7 +109,8 @@ class Task:
         if response_model is not None:
             payload["response_format"] = type_to_response_format_param(response_model)
         payload.update(extra)
-        return RequestSpec(key=key, payload=payload, endpoint=DEFAULT_ENDPOINT, meta=request_meta or {})
+        endpoint = meta.get("chat_endpoint") or DEFAULT_ENDPOINT
+        return RequestSpec(key=key, payload=payload, endpoint=endpoint, meta=request_meta or {})
 
     @staticmethod
     def contents(result: Result) -> list[str]:

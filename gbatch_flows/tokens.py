@@ -63,14 +63,10 @@ class _ModelContext:
     counter: TextCounter
     count: Callable[[str], int]
     image_tokens: Callable[[str | None, Any, str], int]
-    role_costs: dict[str, int]  # role -> tokens_per_message + the role's tokens (for the fast path)
+    # for the fast path: (role -> tokens_per_message + the role's tokens, reply priming, counter,
+    # counter.quick_printable, counter.raw)
+    fast: tuple[dict[str, int], int, TextCounter, Callable[[str], int] | None, Callable[[str], int]]
 
-
-
-
-def _no_extras(payload: dict[str, Any]) -> bool:
-    """True if a chat payload has none of the keys that add prompt tokens besides the messages."""
-    return "tools" not in payload and "functions" not in payload and "response_format" not in payload
 
 _FAST_ROLES = ("system", "developer", "user", "assistant")
 _BREAKDOWN_CACHE_SIZE = 65536
@@ -134,7 +130,8 @@ class TokenEstimator:
                 )
                 self._counters[rules.encoding] = counter
             role_costs = {role: rules.tokens_per_message + counter.count(role) for role in _FAST_ROLES}
-            ctx = _ModelContext(rules, counter, counter.count, self._image_counter(rules), role_costs)
+            fast = (role_costs, rules.reply_priming, counter, counter.quick_printable, counter.raw)
+            ctx = _ModelContext(rules, counter, counter.count, self._image_counter(rules), fast)
             self._models[model] = ctx
             return ctx
 
@@ -227,37 +224,33 @@ class TokenEstimator:
         """
         if type(payload) is not dict:
             return None
-        model = payload.get("model")
-        if type(model) is not str:
+        try:
+            ctx = self._models.get(payload.get("model"))
+        except TypeError:  # unhashable model value: the general path reports it
             return None
-        ctx = self._models.get(model)
-        if ctx is None or (len(payload) > 2 and not _no_extras(payload)):
+        if ctx is None or (
+            len(payload) > 2 and ("tools" in payload or "functions" in payload or "response_format" in payload)
+        ):
             return None
         messages = payload.get("messages")
         if type(messages) is not list or not messages:
             return None
-        role_costs = ctx.role_costs
-        counter = ctx.counter
+        role_costs, overhead, counter, quick, raw = ctx.fast
         young = counter.young
         last = messages[-1]
         text = 0
-        overhead = ctx.rules.reply_priming
         for message in messages:
             if type(message) is not dict or len(message) != 2:
                 return None
-            role = message.get("role")
             content = message.get("content")
-            if type(role) is not str or type(content) is not str:
+            if type(content) is not str:
                 return None
-            cost = role_costs.get(role)
-            if cost is None:
+            try:
+                overhead += role_costs[message["role"]]
+            except (KeyError, TypeError):  # no role, another role, or an unhashable one
                 return None
-            overhead += cost
             if message is last:
-                try:
-                    text += counter.raw(content)
-                except TypeError:
-                    text += counter.count_uncached(content)
+                text += quick(content) if quick is not None and content.isprintable() else raw(content)
             else:
                 n = young.get(content)
                 text += counter.count_missed(content) if n is None else n

@@ -83,7 +83,7 @@ def test_every_flag_round_trips_a_non_default_value() -> None:
         "model": "gpt-4.1-nano", "client_base_url": "http://127.0.0.1:9/v1", "chat_endpoint": "/v1/other",
         "openai_api_key": DUMMY_KEY, "openai_organization": "org-1", "openai_project": "proj-1",
         "emulator": "never", "no_wandb": True, "wandb_project": "p2", "wandb_name": "n", "wandb_run_id": "r1",
-        "wandb_entity": "e", "dryrun": True, "force_direct": True, "direct_verbose": "warn",
+        "wandb_entity": "e", "dryrun": True, "force_direct": True, "no_prefect": True, "direct_verbose": "warn",
         "direct_finish_requests": 7, "max_direct_rpm": 120.5, "max_direct_tpm": 9000.0,
         "max_direct_concurrency": 3, "max_batch_requests": 1000, "max_batch_mb": 12.5, "max_batch_ktokens": 300.0,
         "max_batch_cost": 2.5, "max_unpushed_batches": 4, "max_remote_batches": 6, "max_remote_requests": 70000,

@@ -19,7 +19,7 @@ EXPECTED_DEFAULTS = {
     "chat_endpoint": "/v1/chat/completions", "openai_api_key": None, "openai_organization": None,
     "openai_project": None, "emulator": "auto", "no_wandb": False, "wandb_project": "gbatch_flows",
     "wandb_name": None, "wandb_run_id": None, "wandb_entity": None, "dryrun": False, "force_direct": False,
-    "direct_verbose": "never", "direct_finish_requests": 0, "max_direct_rpm": None, "max_direct_tpm": None,
+    "direct_verbose": "never", "no_prefect": False, "direct_finish_requests": 0, "max_direct_rpm": None, "max_direct_tpm": None,
     "max_direct_concurrency": 16, "max_batch_requests": 50000, "max_batch_mb": 100, "max_batch_ktokens": 20000,
     "max_batch_cost": 10.0, "max_unpushed_batches": 10, "max_remote_batches": 15,
     "max_remote_requests": 5_000_000, "max_remote_mb": 10000, "max_remote_ktokens": 50000,

@@ -180,11 +180,15 @@ class Store:
         assert self.state_dir is not None
         shutil.rmtree(self.state_dir / "tmp", ignore_errors=True)
         (self.state_dir / "tmp").mkdir()
+        folder = self.state_dir / "files"
         files = []
-        for meta in (self.state_dir / "files").glob("*.json"):
+        for meta in folder.glob("*.json"):
             record = FileRecord.model_validate_json(meta.read_bytes())
-            if (self.state_dir / "files" / f"{record.id}.data").exists():
+            if (folder / f"{record.id}.data").exists():
                 files.append(record)
+        for data in folder.glob("*.data"):  # bytes whose record was never written (a crash in between)
+            if not data.with_suffix(".json").exists():
+                data.unlink()
         batches = [BatchRecord.model_validate_json(p.read_bytes())
                    for p in (self.state_dir / "batches").glob("*.json")]
         for record in sorted(files, key=lambda r: r.seq):

@@ -314,7 +314,7 @@ class Store:
             self._backend.create_exclusive(path, body)
         except FileExistsError:
             self._check_lost_race(path, body, base)  # returns only if the file is our own (retried) write
-        self._check_not_orphaned(generation, sha, base)
+        self._check_not_orphaned(generation, sha, base, header["kind"])
         manifest = Manifest(
             generation,
             raw,
@@ -357,27 +357,37 @@ class Store:
             winner=winner,
         )
 
-    def _check_not_orphaned(self, generation: int, sha: str, base: Manifest) -> None:
-        """Make sure no newer generation existed when we created ours (a stale base after pruning)."""
-        newer = [g for g in self.generations() if g > generation]
-        if not newer:
-            return
-        if newer[0] == generation + 1:
+    def _check_not_orphaned(self, generation: int, sha: str, base: Manifest, kind: str) -> None:
+        """After creating our file, make sure it really extends the newest state.
+
+        Refused (our file is removed again): a newer generation already existed (our base was so old that our
+        generation number had been pruned), or our base generation is gone while older ones remain (rolled back
+        by hand under a running writer), or a delta whose base is gone (it could never be loaded).
+        """
+        gens = self.generations()
+        newer = [g for g in gens if g > generation]
+        if newer and newer[0] == generation + 1:
             try:
+                follower_path = manifest_path(generation + 1)
                 follower = decode_manifest(
-                    manifest_path(generation + 1),
-                    self._backend.read_bytes(manifest_path(generation + 1)),
-                    generation + 1,
+                    follower_path, self._backend.read_bytes(follower_path), generation + 1
                 )
                 if follower.parent_sha256 == sha:
                     return  # someone already committed on top of ours: ours is part of the history
             except (FileNotFoundError, StoreError):
                 pass
+        if newer:
+            problem = f"the task is already at generation {newer[-1]} (your base generation was pruned)"
+        elif base.generation > 0 and base.generation not in gens:
+            if kind == "checkpoint" and not any(g < generation for g in gens):
+                return  # everything older was pruned right after we wrote: fine
+            problem = f"generation {base.generation} is no longer in manifests/ (rolled back by hand?)"
+        else:
+            return
         self._backend.delete_many([manifest_path(generation)])
         raise ConcurrentModification(
-            f"cannot commit generation {generation} of {self.url}: the task is already at generation {newer[-1]} "
-            f"(your base generation {base.generation} is stale and was pruned). Call store.load() and apply "
-            "your changes again.",
+            f"cannot commit generation {generation} of {self.url}: {problem}; your changes were based on "
+            f"generation {base.generation}, which is stale. Call store.load() and apply your changes again.",
             generation=generation,
             base_generation=base.generation,
         )

@@ -1,9 +1,10 @@
 """Counting ordinary-text tokens of one encoding, fast and with a bounded cache.
 
 Backends: ``tiktoken`` (a verified :class:`tiktoken.Encoding`, see ``encodings.py``) or ``quicktok`` (a C++ BPE
-tokenizer that ``tests/test_tokens_quicktok.py`` proves token-for-token equal to tiktoken on both encodings). ``auto``
-picks quicktok when it can be imported, else tiktoken. Special-token text such as ``<|endoftext|>`` is always counted
-as ordinary text, like the API does for user content.
+tokenizer, several times faster). quicktok is used only where ``tests/test_tokens_quicktok.py`` proves it
+token-for-token equal to tiktoken: texts holding one of the few code points where the two differ are counted with
+tiktoken (see ``guard.py``). ``auto`` picks quicktok when it is installed in a verified version, else tiktoken.
+Special-token text such as ``<|endoftext|>`` is always counted as ordinary text, like the API does for user content.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Literal
 
 from gbatch_flows.tokenizing.encodings import BUNDLED_ENCODINGS, load_encoding
+from gbatch_flows.tokenizing.guard import PRINTABLE_IS_SAFE, needs_reference, versions_verified
 
 log = logging.getLogger("gbatch_flows.tokens")
 
@@ -28,21 +30,34 @@ def _without_lone_surrogates(text: str) -> str:
     return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
-def quicktok_available() -> bool:
+def quicktok_version() -> str | None:
+    """The installed quicktok version, or None when it cannot be imported."""
     try:
-        import quicktok  # noqa: F401
+        import quicktok
     except ImportError:
-        return False
-    return True
+        return None
+    return str(quicktok.__version__)
+
+
+def quicktok_verified() -> bool:
+    """quicktok is importable and its version pair with tiktoken was verified by the tests."""
+    import tiktoken
+
+    version = quicktok_version()
+    return version is not None and versions_verified(version, tiktoken.__version__)
 
 
 def resolve_backend(backend: str) -> str:
+    """``auto`` -> ``quicktok`` when installed in a verified version, else ``tiktoken``."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown tokenizer backend {backend!r}; use one of {', '.join(BACKENDS)}")
     if backend == "auto":
-        return "quicktok" if quicktok_available() else "tiktoken"
-    if backend == "quicktok" and not quicktok_available():
-        raise ValueError("backend 'quicktok' requested but quicktok is not installed: pip install quicktok-v1")
+        return "quicktok" if quicktok_verified() else "tiktoken"
+    if backend == "quicktok":
+        if quicktok_version() is None:
+            raise ValueError("backend 'quicktok' requested but quicktok is not installed: pip install quicktok-v1")
+        if not quicktok_verified():
+            log.warning("quicktok %s was not verified against this tiktoken; counts may differ", quicktok_version())
     return backend
 
 
@@ -73,41 +88,65 @@ class TextCounter:
         self.young: dict[str, int] = {}  # the current cache generation (read it, never write it)
         self._old: dict[str, int] = {}
         self._young_chars = 0
-        # raw may raise TypeError on lone surrogates (quicktok); count_uncached never does.
-        self.raw: Callable[[str], int]
+        self.raw: Callable[[str], int]  # exact count, uncached
+        # quicktok's own count, exact for every text with str.isprintable() True (None for tiktoken): the hot path
+        # calls it directly to skip a Python frame.
+        self.quick_printable: Callable[[str], int] | None = None
         self._raw_batch: Callable[[Sequence[str]], list[int]]
         if self.backend == "quicktok":
             import quicktok
 
             tokenizer = quicktok.get_encoding(encoding)
-            self.raw = tokenizer.count
-            self._quicktok_batch = tokenizer.encode_batch
+            self._quick = tokenizer.count
+            self._quick_batch = tokenizer.encode_batch
+            if PRINTABLE_IS_SAFE:
+                self.quick_printable = tokenizer.count
+            self.raw = self._count_quicktok
             self._raw_batch = self._batch_quicktok
         else:
             encode = load_encoding(encoding).encode_ordinary
             self.raw = lambda text: len(encode(text))
-            self._raw_batch = lambda texts: [len(encode(text)) for text in texts]
+            self._raw_batch = self._batch_tiktoken
 
-    def _raw_safe(self, text: str) -> int:
+    def _count_tiktoken(self, text: str) -> int:
+        """The reference count (tiktoken), loaded on first use by the quicktok backend."""
+        return len(load_encoding(self.encoding).encode_ordinary(text))
+
+    def _batch_tiktoken(self, texts: Sequence[str]) -> list[int]:
+        encode = load_encoding(self.encoding).encode_ordinary
+        return [len(encode(text)) for text in texts]
+
+    def _count_quicktok(self, text: str) -> int:
+        if needs_reference(text):
+            return self._count_tiktoken(text)
         try:
-            return self.raw(text)
+            return self._quick(text)
         except TypeError:  # quicktok refuses lone surrogates; tiktoken replaces them, so do the same
             if not isinstance(text, str):
                 raise
-            return self.raw(_without_lone_surrogates(text))
+            return self._quick(_without_lone_surrogates(text))
 
     def _batch_quicktok(self, texts: Sequence[str]) -> list[int]:
+        plain = [i for i, text in enumerate(texts) if not needs_reference(text)]
+        counts = [0] * len(texts)
         try:
-            _tokens, offsets = self._quicktok_batch(texts, self.threads)
-        except TypeError:
-            return [self._raw_safe(text) for text in texts]
-        return (offsets[1:] - offsets[:-1]).tolist()
+            _tokens, offsets = self._quick_batch([texts[i] for i in plain], self.threads)
+        except TypeError:  # a lone surrogate somewhere: count one by one
+            return [self._count_quicktok(text) for text in texts]
+        for i, n in zip(plain, (offsets[1:] - offsets[:-1]).tolist()):
+            counts[i] = n
+        if len(plain) < len(texts):
+            done = set(plain)
+            for i, text in enumerate(texts):
+                if i not in done:
+                    counts[i] = self._count_tiktoken(text)
+        return counts
 
     # -- public ---------------------------------------------------------------------------------------------------
 
     def count_uncached(self, text: str) -> int:
         """Tokens of ``text`` straight from the backend."""
-        return self._raw_safe(text)
+        return self.raw(text)
 
     def count(self, text: str) -> int:
         """Tokens of ``text`` (cached)."""
@@ -120,10 +159,7 @@ class TextCounter:
         """Tokens of ``text`` after a miss in :attr:`young`; the result is cached."""
         n = self._old.get(text)
         if n is None:
-            try:
-                n = self.raw(text)
-            except TypeError:
-                n = self._raw_safe(text)
+            n = self.raw(text)
         self._remember(text, n)
         return n
 
@@ -131,10 +167,7 @@ class TextCounter:
         """Tokens of ``text`` after a miss in :attr:`young`, not added to the cache (for one-off texts)."""
         n = self._old.get(text)
         if n is None:
-            try:
-                n = self.raw(text)
-            except TypeError:
-                n = self._raw_safe(text)
+            n = self.raw(text)
         return n
 
     def count_many(self, texts: Sequence[str]) -> list[int]:

@@ -173,7 +173,12 @@ def test_manual_rollback_by_moving_newest_away(target: Target) -> None:
     m = store.load()
     for i in range(5):
         m = store.commit(m, {"x": i})
+    running = target.open()
+    stale = running.load()  # a run that still works on generation 5
     store.backend.delete_many([manifest_path(5), manifest_path(4)])
+    with pytest.raises(ConcurrentModification, match="no longer in manifests"):
+        running.commit(stale, {"x": "built on a rolled-back state"})
+    assert store.generations() == [1, 2, 3]
     assert store.load().generation == 3 and store.load().get("x") == 2  # same Store object (had gen 5 cached)
     again = store.commit(store.load(), {"x": "after rollback"})
     assert again.generation == 4 and target.open().load().get("x") == "after rollback"
