@@ -51,7 +51,7 @@ def main(task_cls: type[Task], argv: list[str] | None = None) -> int:
     setup_logging(options.log_level)
     task = task_cls(params)
     try:
-        if options.no_prefect:
+        if options.no_prefect or options.dryrun:  # a dry run changes nothing: no flow run to record either
             from gbatch_flows.runs import run_plain
 
             summary = run_plain(task, options)

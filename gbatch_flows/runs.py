@@ -22,8 +22,15 @@ MONITOR_INTERVAL_S = 10.0
 
 
 def finish_output(engine: Engine, task: Task) -> tuple[str, int]:
-    """Write the task's output file from the committed results; returns its URL and number of records."""
+    """Write the task's output file from the committed results and collect garbage (files no commit references,
+    left by crashes, older than an hour); returns the output URL and its number of records."""
     ref, count = write_output(engine.store, engine.state, task.output_name)
+    try:
+        removed = engine.store.gc()
+        if removed:
+            log.info("removed %d unreferenced files", len(removed))
+    except Exception as exc:  # noqa: BLE001 - garbage collection must never fail a finished run
+        log.warning("garbage collection skipped: %s", exc)
     return f"{engine.store.url.rstrip('/')}/{ref.path}", count
 
 

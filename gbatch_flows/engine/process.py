@@ -219,6 +219,19 @@ def process_batch(engine: Engine, batch: BatchRecord, force_retry: str | None = 
         ref = engine.store.put_blob(f"results/{batch.local_id:06d}.jsonl", [b""])
     out = BatchProcessor(engine, batch, force_retry).run(read_results(engine, ref))
     _commit_processed(engine, batch, ref, out, failed_batch=force_retry is not None)
+    if batch.mode == "batch":
+        delete_remote_files(engine, batch)
+
+
+def delete_remote_files(engine: Engine, batch: BatchRecord) -> None:
+    """Remove the batch's files from the provider's storage once its results are committed here (best effort)."""
+    for file_id in (batch.input_file_id, batch.output_file_id, batch.error_file_id):
+        if not file_id:
+            continue
+        try:
+            engine.client.files.delete(file_id)
+        except openai.OpenAIError as exc:
+            log.debug("could not delete remote file %s: %s", file_id, api.describe_exception(exc))
 
 
 def _commit_processed(engine: Engine, batch: BatchRecord, ref: BlobRef, out: BatchOutcome, failed_batch: bool) -> None:

@@ -3,6 +3,7 @@ cancelled with partial output, listing, and the errors of create/retrieve/cancel
 
 from __future__ import annotations
 
+import httpx
 import openai
 import pytest
 
@@ -192,6 +193,12 @@ def test_create_errors_are_clear(client: openai.OpenAI) -> None:
         client.batches.create(input_file_id=file.id, endpoint=CHAT, completion_window="24h",
                               metadata={"k": "v" * 600})
     assert "metadata" in info.value.body["param"]
+    with pytest.raises(openai.BadRequestError) as info:
+        client.post("/batches", body=[file.id], cast_to=httpx.Response)
+    assert "JSON object" in info.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as info:
+        client.get("/batches?limit=many", cast_to=httpx.Response)
+    assert info.value.body["param"] == "limit"
     with pytest.raises(openai.NotFoundError):
         client.batches.retrieve("batch_unknown")
     with pytest.raises(openai.NotFoundError):

@@ -186,6 +186,10 @@ def test_failing_responder_is_a_clear_500(emulator_factory) -> None:
     ({"model": "gpt-4o-mini", "messages": USER,
       "response_format": _schema_format("bad", {"type": "object", "properties": {"x": {"$ref": "#/nowhere"}},
                                                 "required": ["x"]})}, "response_format"),
+    ({"model": "gpt-4o-mini", "messages": USER,
+      "response_format": _schema_format("bad", {"type": "integer", "minimum": 5, "maximum": 1})}, "response_format"),
+    ({"model": "gpt-4o-mini", "messages": USER,
+      "response_format": _schema_format("bad", {"type": "array", "minItems": 3, "maxItems": 1})}, "response_format"),
 ])
 def test_bad_chat_bodies_are_400_with_param(client: openai.OpenAI, body: dict[str, Any], param: str) -> None:
     with pytest.raises(openai.BadRequestError) as info:

@@ -153,7 +153,7 @@ class Forkserver:
 
     def __init__(self) -> None:
         self.ctx = multiprocessing.get_context("forkserver")
-        self.ctx.set_forkserver_preload([child.__name__])
+        self.ctx.set_forkserver_preload(["__main__", child.__name__])
 
     def start(self, argv: list[str], log_path: Path, env: dict[str, str | None] | None = None) -> ChildRun:
         env = {"OPENAI_API_KEY": DUMMY_KEY, **(env or {})}
