@@ -107,5 +107,6 @@ def main(argv: list[str] | None = None) -> None:
     for name, secs in best.items():
         print(f"{name:58s} {n / secs:>12,.0f} /s   {n / secs / base:.2f}x baseline")
 
+
 if __name__ == "__main__":
     main()

@@ -131,6 +131,20 @@ def emulator_answer(body: dict[str, Any], ctx: Any) -> str:
     })
 
 
+def __getattr__(name: str) -> Any:
+    """``char_codes_flow``: the Prefect flow of this task (deployment entrypoint
+    ``flows/char_codes.py:char_codes_flow``).
+
+    Made by ``make_flow(CharCodes)`` on first access, so that ``--no_prefect`` runs never import Prefect.
+    """
+    if name == "char_codes_flow":
+        from gbatch_flows.flow import make_flow
+
+        globals()[name] = made = make_flow(CharCodes)
+        return made
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 if __name__ == "__main__":
     from gbatch_flows.cli import main
 

@@ -121,6 +121,20 @@ def emulator_answer(body: dict[str, Any], ctx: Any) -> str:
     return json.dumps({"emotion": guess})
 
 
+def __getattr__(name: str) -> Any:
+    """``utterance_emotion_flow``: the Prefect flow of this task (deployment entrypoint
+    ``flows/utterance_emotion.py:utterance_emotion_flow``).
+
+    Made by ``make_flow(UtteranceEmotionTask)`` on first access, so that ``--no_prefect`` runs never import Prefect.
+    """
+    if name == "utterance_emotion_flow":
+        from gbatch_flows.flow import make_flow
+
+        globals()[name] = made = make_flow(UtteranceEmotionTask)
+        return made
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 if __name__ == "__main__":
     from gbatch_flows.cli import main
 

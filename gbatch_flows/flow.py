@@ -6,7 +6,9 @@ from, stage options), so a retried flow run skips a stage only when the state it
 and everything still resumes correctly with Prefect's result storage wiped.
 
 Secrets never become flow parameters: the API key comes from the environment of the process that runs the flow
-(``OPENAI_API_KEY``), never from the parameters stored on the Prefect server.
+(``OPENAI_API_KEY``), storage credentials from the environment too (for S3 the standard AWS chain), never from the
+parameters stored on the Prefect server. A CLI run in this process hands credential-like ``storage_options`` to its
+flow through memory (``_LOCAL_SECRETS``), not through the parameters.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from gbatch_flows.engine.push import push
 from gbatch_flows.engine.runner import RunSummary, blocked_reason, choose_mode, counts, is_finished
 from gbatch_flows.launch import api_endpoint, open_engine, prepare, task_url
 from gbatch_flows.monitor import make_monitor
-from gbatch_flows.options import Options
+from gbatch_flows.options import Options, redact_mapping
 from gbatch_flows.runs import finish_output
 from gbatch_flows.store import LeaseHeld
 from gbatch_flows.task import Task
@@ -49,6 +51,8 @@ log = logging.getLogger("gbatch_flows.flow")
 
 # Engines opened by flow runs in this process, by run token (stages receive the token, never the engine).
 _ENGINES: dict[str, Engine] = {}
+# storage_options with credentials for flows started by run_flow in this process, by session id (never persisted).
+_LOCAL_SECRETS: dict[str, dict[str, Any]] = {}
 
 
 def _options_hash(options: Options) -> str:
@@ -56,7 +60,13 @@ def _options_hash(options: Options) -> str:
 
 
 def _stage_cache_key(context: Any, parameters: dict[str, Any]) -> str:
-    return "gbatch:{stage}:{url}:{generation}:{options_hash}".format(**parameters)
+    """(stage, task folder, exact committed manifest, session, options): equal keys mean equal inputs.
+
+    The manifest's sha256 (not only its generation number) identifies the state: a task folder deleted and
+    created again restarts at low generation numbers, which must not hit the old task's cached results. The
+    session is part of the key because assembly reads the session's budget.
+    """
+    return "gbatch:{stage}:{url}:{generation}:{revision}:{session}:{options_hash}".format(**parameters)
 
 
 def _retry_unless_stop(task_obj: Any, task_run: Any, state: Any) -> bool:
@@ -87,31 +97,37 @@ def _run_stage(token: str, stage: str) -> dict[str, Any]:
     return {"stage": stage, "result": out, "generation": engine.state.generation}
 
 
-_STAGE_OPTS: dict[str, Any] = dict(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_retry_unless_stop)
+_STAGE_OPTS: dict[str, Any] = {"retries": 2, "retry_delay_seconds": [2, 10],
+                               "retry_condition_fn": _retry_unless_stop}
 
 
 @task(name="generate-requests", cache_key_fn=_stage_cache_key, persist_result=True, **_STAGE_OPTS)
-def generate_stage(token: str, stage: str, url: str, generation: int, options_hash: str) -> dict[str, Any]:
+def generate_stage(token: str, stage: str, url: str, generation: int, revision: str, session: str,
+                   options_hash: str) -> dict[str, Any]:
     return _run_stage(token, stage)
 
 
 @task(name="assemble-batches", cache_key_fn=_stage_cache_key, persist_result=True, **_STAGE_OPTS)
-def assemble_stage(token: str, stage: str, url: str, generation: int, options_hash: str) -> dict[str, Any]:
+def assemble_stage(token: str, stage: str, url: str, generation: int, revision: str, session: str,
+                   options_hash: str) -> dict[str, Any]:
     return _run_stage(token, stage)
 
 
 @task(name="process-results", cache_key_fn=_stage_cache_key, persist_result=True, **_STAGE_OPTS)
-def process_stage(token: str, stage: str, url: str, generation: int, options_hash: str) -> dict[str, Any]:
+def process_stage(token: str, stage: str, url: str, generation: int, revision: str, session: str,
+                  options_hash: str) -> dict[str, Any]:
     return _run_stage(token, stage)
 
 
 @task(name="push-batches", cache_policy=NO_CACHE, **_STAGE_OPTS)
-def push_stage(token: str, stage: str, url: str, generation: int, options_hash: str) -> dict[str, Any]:
+def push_stage(token: str, stage: str, url: str, generation: int, revision: str, session: str,
+               options_hash: str) -> dict[str, Any]:
     return _run_stage(token, stage)
 
 
 @task(name="direct-requests", cache_policy=NO_CACHE, **_STAGE_OPTS)
-def direct_stage(token: str, stage: str, url: str, generation: int, options_hash: str) -> dict[str, Any]:
+def direct_stage(token: str, stage: str, url: str, generation: int, revision: str, session: str,
+                 options_hash: str) -> dict[str, Any]:
     return _run_stage(token, stage)
 
 
@@ -208,8 +224,8 @@ def _loop(engine: Engine, token: str, url: str, options: Options, artifacts: _Ar
     opts_hash = _options_hash(options)
 
     def stage(fn: Any, name: str) -> dict[str, Any]:
-        engine.refresh()
-        result = fn(token, name, url, engine.state.generation, opts_hash)
+        state = engine.refresh()
+        result = fn(token, name, url, state.generation, state.manifest.sha256, engine.session_id, opts_hash)
         engine.refresh()
         artifacts.update(engine)
         monitor.log(reporting.metrics(engine.state, engine.session_id))
@@ -243,14 +259,55 @@ def _loop(engine: Engine, token: str, url: str, options: Options, artifacts: _Ar
             return RunSummary("waiting", "batches still running; run again to resume", state.generation, counts(state))
 
 
+def _flow_run_name(task_name: str):
+    """Run names say task and session: ``char_codes-<session>`` (the session is the flow run id's prefix when the
+    ``session_id`` parameter is not set, as in deployment runs; see ``_session_id``)."""
+
+    def name() -> str:
+        from prefect.runtime import flow_run
+
+        session = (flow_run.parameters or {}).get("session_id") or str(flow_run.id)[:12]
+        return f"{task_name}-{session}"
+
+    return name
+
+
+def _flow_options(options: dict[str, Any] | None, session_id: str | None) -> Options:
+    """Validate the ``options`` parameter; secrets have no place in it (it is stored on the Prefect server)."""
+    data = dict(options or {})
+    if data.get("openai_api_key"):
+        raise ValueError(
+            "options.openai_api_key must not be a flow parameter: parameters are stored on the Prefect server. "
+            "Set OPENAI_API_KEY in the environment of the process (or worker) that runs the flow instead")
+    local = _LOCAL_SECRETS.get(session_id or "")
+    if local is not None:  # a CLI run in this process: the real storage_options, kept out of the parameters
+        data["storage_options"] = local
+    opts = Options.model_validate(data)
+    if _has_redacted(opts.storage_options):
+        raise ValueError(
+            "options.storage_options holds redacted ('***') credentials. Do not put credentials in flow "
+            "parameters: give them to the worker's environment (for S3 the standard AWS chain: "
+            "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_PROFILE, AWS_ENDPOINT_URL_S3 for another endpoint)")
+    return opts
+
+
+_REDACTED_VALUE = redact_mapping({"key": ""})["key"]
+
+
+def _has_redacted(value: Any) -> bool:
+    if isinstance(value, dict):
+        return any(_has_redacted(v) for v in value.values())
+    return bool(value == _REDACTED_VALUE)
+
+
 def make_flow(task_cls: type[Task]):
     """A Prefect flow for ``task_cls`` taking JSON-friendly parameters (deployable from prefect.yaml)."""
 
-    @flow(name=task_cls.name.replace("_", "-"), flow_run_name=f"{task_cls.name}-{{session_id}}",
+    @flow(name=task_cls.name.replace("_", "-"), flow_run_name=_flow_run_name(task_cls.name),
           validate_parameters=True, log_prints=True)
     def task_flow(options: dict[str, Any] | None = None, params: dict[str, Any] | None = None,
                   session_id: str | None = None) -> Any:
-        opts = Options.model_validate(options or {})
+        opts = _flow_options(options, session_id)
         summary = run_task_flow(task_cls(params), opts, session_id)
         return summary if not isinstance(summary, RunSummary) else summary.__dict__
 
@@ -264,14 +321,27 @@ def flow_parameters(options: Options, params: dict[str, Any] | None) -> dict[str
 
 
 def run_flow(task_obj: Task, options: Options, session_id: str | None = None) -> RunSummary:
-    """Run ``task_obj`` through its Prefect flow in this process (ephemeral Prefect when no server is set)."""
+    """Run ``task_obj`` through its Prefect flow in this process (ephemeral Prefect when no server is set).
+
+    A run that ends Cancelled (e.g. refused because another run holds the task's lease) raises EngineStop with
+    the state's message; a failed run raises the flow's exception.
+    """
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     key = options.api_key()
     if key:
         os.environ["OPENAI_API_KEY"] = key  # the flow reads it from the environment, never from parameters
     params = task_obj.params.model_dump(mode="json") if task_obj.params is not None else {}
     session = session_id or uuid.uuid4().hex[:12]
-    result = make_flow(type(task_obj))(**flow_parameters(options, params), session_id=session)
+    parameters = flow_parameters(options, params)
+    if parameters["options"]["storage_options"] != options.storage_options:
+        _LOCAL_SECRETS[session] = options.storage_options
+    try:
+        state = make_flow(type(task_obj))(**parameters, session_id=session, return_state=True)
+    finally:
+        _LOCAL_SECRETS.pop(session, None)
+    if state.is_cancelled():
+        raise EngineStop(state.message or "the flow run was cancelled")
+    result = state.result()  # raises the flow's exception when it failed
     if isinstance(result, dict):
         return RunSummary(**result)
     if isinstance(result, RunSummary):

@@ -140,6 +140,7 @@ class BatchRecord(_Model):
     pushing_since: float | None = None
     remote_id: str | None = None
     past_remote_ids: list[str] = Field(default_factory=list)  # earlier creations refused (token_limit_exceeded)
+    not_before: float | None = None  # after token_limit_exceeded: not re-pushed before this while others run
     input_file_id: str | None = None
     remote_status: str | None = None
     remote_errors: list[dict[str, Any]] = Field(default_factory=list)

@@ -75,8 +75,9 @@ _BREAKDOWN_CACHE_SIZE = 65536
 class TokenEstimator:
     """Counts prompt tokens of API payloads the way the API does (see the module docstring).
 
-    ``backend``: ``auto`` (quicktok if installed, else tiktoken), ``quicktok`` or ``tiktoken``; both give identical
-    counts. ``remote_image_size``: the size assumed for images given by http(s) URL or file id.
+    ``backend``: ``auto`` (quicktok if installed in a verified version, else tiktoken), ``quicktok`` or ``tiktoken``;
+    all give identical counts. ``remote_image_size``: the size assumed for images given by http(s) URL or file id.
+    ``threads``: quicktok threads for batch counts (1 keeps the estimator on one core). Thread-safe.
     """
 
     def __init__(

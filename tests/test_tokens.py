@@ -102,7 +102,9 @@ def test_cookbook_messages(est: TokenEstimator, model: str, published: int) -> N
     assert breakdown.total == published
 
 
-@pytest.mark.parametrize(("model", "published"), [("gpt-3.5-turbo", 105), ("gpt-4", 105), ("gpt-4o", 101), ("gpt-4o-mini", 101)])
+@pytest.mark.parametrize(
+    ("model", "published"), [("gpt-3.5-turbo", 105), ("gpt-4", 105), ("gpt-4o", 101), ("gpt-4o-mini", 101)]
+)
 def test_cookbook_tools(est: TokenEstimator, model: str, published: int) -> None:
     payload = {"model": model, "messages": WEATHER_MESSAGES, "tools": WEATHER_TOOLS, "temperature": 0}
     assert est.estimate(CHAT, payload).total == published
@@ -150,7 +152,9 @@ def test_assistant_tool_calls_and_tool_results(est: TokenEstimator) -> None:
         {"role": "tool", "tool_call_id": "call_1", "content": "22 C, sunny"},
     ]
     b = est.estimate(CHAT, {"model": "gpt-4o", "messages": messages})
-    expected_text = ref("Weather in Paris?") + ref("get_current_weather") + ref(args) + ref("call_1") + ref("22 C, sunny")
+    expected_text = (
+        ref("Weather in Paris?") + ref("get_current_weather") + ref(args) + ref("call_1") + ref("22 C, sunny")
+    )
     assert b.text == expected_text
     assert b.overhead == 3 * 3 + ref("user") + ref("assistant") + ref("tool") + 3
 

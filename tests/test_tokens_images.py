@@ -134,7 +134,10 @@ def test_chat_images(est: TokenEstimator) -> None:
     assert b.images == 765
     no_image = est.estimate(
         "/v1/chat/completions",
-        {"model": "gpt-4o", "messages": [{"role": "user", "content": [{"type": "text", "text": "What is in this image?"}]}]},
+        {
+            "model": "gpt-4o",
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "What is in this image?"}]}],
+        },
     )
     assert b.total == no_image.total + 765
     low = {"model": "gpt-4o", "messages": [image_message(png_data_url(2048, 4096), "low")]}

@@ -315,5 +315,6 @@ class BatchRunner(threading.Thread):
         now = time.time()
         stamp = {"completed": "completed_at", "failed": "failed_at", "expired": "expired_at",
                  "cancelled": "cancelled_at"}[status]
-        self._update(status=status, **{stamp: now}, **fields)
+        fields[stamp] = now
+        self._update(status=status, **fields)
         self.service.release_tokens(self._batch)

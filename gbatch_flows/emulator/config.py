@@ -97,10 +97,10 @@ class FaultRule(BaseModel):
     op: str = Field(validation_alias=AliasChoices("op", "endpoint"))
     nth: int | None = Field(default=None, ge=1, description="1-based call number; None = every call")
     fault: FaultKind
-    at: float = Field(0.5, ge=0.0, le=1.0, description="batch_expired/batch_cancelled: share of requests done")
-    fraction: float = Field(0.1, ge=0.0, le=1.0, description="line faults: share of lines affected")
-    custom_ids: list[str] | None = Field(None, description="line faults: exactly these requests")
-    status_code: int | None = Field(None, description="request_errors: 400/429/500; None = mixed")
+    at: float = Field(default=0.5, ge=0.0, le=1.0, description="batch_expired/batch_cancelled: share of requests done")
+    fraction: float = Field(default=0.1, ge=0.0, le=1.0, description="line faults: share of lines affected")
+    custom_ids: list[str] | None = Field(default=None, description="line faults: exactly these requests")
+    status_code: int | None = Field(default=None, description="request_errors: 400/429/500; None = mixed")
 
     @field_validator("op")
     @classmethod
@@ -121,18 +121,18 @@ class FaultRates(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    http_500: float = Field(0.0, ge=0.0, le=1.0)
-    http_503: float = Field(0.0, ge=0.0, le=1.0)
-    http_429: float = Field(0.0, ge=0.0, le=1.0)
-    drop_connection: float = Field(0.0, ge=0.0, le=1.0)
-    upload_error: float = Field(0.0, ge=0.0, le=1.0, description="per files.create call")
-    batch_failed: float = Field(0.0, ge=0.0, le=1.0, description="per created batch")
-    batch_expired: float = Field(0.0, ge=0.0, le=1.0, description="per created batch")
-    batch_cancelled: float = Field(0.0, ge=0.0, le=1.0, description="per created batch")
-    lines_missing: float = Field(0.0, ge=0.0, le=1.0, description="per result line")
-    lines_malformed: float = Field(0.0, ge=0.0, le=1.0, description="per result line")
-    request_errors: float = Field(0.0, ge=0.0, le=1.0, description="per request inside a batch")
-    ops: list[str] | None = Field(None, description="ops the http_* rates apply to; None = every /v1 op")
+    http_500: float = Field(default=0.0, ge=0.0, le=1.0)
+    http_503: float = Field(default=0.0, ge=0.0, le=1.0)
+    http_429: float = Field(default=0.0, ge=0.0, le=1.0)
+    drop_connection: float = Field(default=0.0, ge=0.0, le=1.0)
+    upload_error: float = Field(default=0.0, ge=0.0, le=1.0, description="per files.create call")
+    batch_failed: float = Field(default=0.0, ge=0.0, le=1.0, description="per created batch")
+    batch_expired: float = Field(default=0.0, ge=0.0, le=1.0, description="per created batch")
+    batch_cancelled: float = Field(default=0.0, ge=0.0, le=1.0, description="per created batch")
+    lines_missing: float = Field(default=0.0, ge=0.0, le=1.0, description="per result line")
+    lines_malformed: float = Field(default=0.0, ge=0.0, le=1.0, description="per result line")
+    request_errors: float = Field(default=0.0, ge=0.0, le=1.0, description="per request inside a batch")
+    ops: list[str] | None = Field(default=None, description="ops the http_* rates apply to; None = every /v1 op")
 
     @field_validator("ops")
     @classmethod
@@ -156,29 +156,29 @@ class EmulatorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
     host: str = "127.0.0.1"
-    port: int = Field(0, ge=0, le=65535, description="0 = a free port")
-    api_key: str | None = Field(None, description="required bearer key; None = accept any")
-    batch_api: bool = Field(True, description="False answers 404 on /v1/files and /v1/batches (like Ollama)")
+    port: int = Field(default=0, ge=0, le=65535, description="0 = a free port")
+    api_key: str | None = Field(default=None, description="required bearer key; None = accept any")
+    batch_api: bool = Field(default=True, description="False answers 404 on /v1/files and /v1/batches (like Ollama)")
     batch_duration: float = Field(
-        2.0, ge=0.0, description="seconds from creation to completion; 0 = done at the next retrieve"
+        default=2.0, ge=0.0, description="seconds from creation to completion; 0 = done at the next retrieve"
     )
     immediate_wait_seconds: float = Field(
-        120.0, gt=0.0, description="with batch_duration 0: how long a retrieve waits for the batch to finish"
+        default=120.0, gt=0.0, description="with batch_duration 0: how long a retrieve waits for the batch to finish"
     )
-    expire_after: float = Field(86400.0, gt=0.0, description="completion window in seconds (expires_at)")
-    max_file_bytes: int = Field(512 * MIB, ge=1, description="largest upload")
-    max_batch_input_bytes: int = Field(200 * MIB, ge=1, description="largest batch input file")
-    max_requests_per_batch: int = Field(50_000, ge=1)
-    max_embedding_inputs_per_batch: int = Field(50_000, ge=1)
-    enqueued_token_limit: int | None = Field(None, ge=1, description="enqueued input tokens per model")
+    expire_after: float = Field(default=86400.0, gt=0.0, description="completion window in seconds (expires_at)")
+    max_file_bytes: int = Field(default=512 * MIB, ge=1, description="largest upload")
+    max_batch_input_bytes: int = Field(default=200 * MIB, ge=1, description="largest batch input file")
+    max_requests_per_batch: int = Field(default=50_000, ge=1)
+    max_embedding_inputs_per_batch: int = Field(default=50_000, ge=1)
+    enqueued_token_limit: int | None = Field(default=None, ge=1, description="enqueued input tokens per model")
     enqueued_token_limits: dict[str, int] = Field(default_factory=dict, description="per-model overrides")
-    rpm: int | None = Field(None, ge=1, description="requests per minute per model on direct endpoints")
-    tpm: int | None = Field(None, ge=1, description="tokens per minute per model on direct endpoints")
-    state_dir: Path | None = Field(None, description="persist files and batches here (else in memory)")
+    rpm: int | None = Field(default=None, ge=1, description="requests per minute per model on direct endpoints")
+    tpm: int | None = Field(default=None, ge=1, description="tokens per minute per model on direct endpoints")
+    state_dir: Path | None = Field(default=None, description="persist files and batches here (else in memory)")
     models: list[str] = Field(default_factory=lambda: list(DEFAULT_MODELS))
-    strict_models: bool = Field(False, description="reject models not in `models` with 404 model_not_found")
-    embedding_dimensions: int | None = Field(None, ge=1, description="vector size for every embedding model")
-    prompt_cache: bool = Field(True, description="report cached_tokens for repeated long prompt prefixes")
+    strict_models: bool = Field(default=False, description="reject models not in `models` with 404 model_not_found")
+    embedding_dimensions: int | None = Field(default=None, ge=1, description="vector size for every embedding model")
+    prompt_cache: bool = Field(default=True, description="report cached_tokens for repeated long prompt prefixes")
     responders: dict[str, Any] = Field(
         default_factory=dict,
         description="model name or '*' -> responder (callable or 'package.module:function')",

@@ -33,7 +33,7 @@ class BatchFaultPlan(BaseModel):
     seed: int = 0
     key: str = ""
     end: Literal["failed", "expired", "cancelled"] | None = None
-    end_at: float = Field(0.5, ge=0.0, le=1.0)
+    end_at: float = Field(default=0.5, ge=0.0, le=1.0)
     lines: list[LineRule] = Field(default_factory=list)
 
     def line_fault(self, index: int, custom_id: str) -> tuple[str, int | None] | None:

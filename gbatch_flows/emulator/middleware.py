@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import re
+from collections.abc import MutableMapping
 from typing import Any
 
 from fastapi.responses import JSONResponse
@@ -76,7 +77,7 @@ class EmulatorMiddleware:
         op = resolve_op(scope["method"], path)
         stats.request(op or "unknown")
 
-        async def counting_send(message: dict[str, Any]) -> None:
+        async def counting_send(message: MutableMapping[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 stats.response(message["status"])
             await send(message)

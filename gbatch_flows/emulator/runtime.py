@@ -42,7 +42,7 @@ class Emulator:
         if faults is None:
             config = FaultConfig.model_validate(fields)
         elif isinstance(faults, FaultConfig):
-            config = faults.model_copy(update=fields) if fields else faults
+            config = FaultConfig.model_validate({**faults.model_dump(), **fields}) if fields else faults
         else:
             config = FaultConfig.model_validate({**faults, **fields})
         self.faults.set(config)

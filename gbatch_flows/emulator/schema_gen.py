@@ -219,18 +219,20 @@ class InstanceGenerator:
 
     def _bounds(self, schema: dict[str, Any], integer: bool) -> tuple[float, float]:
         nudge = 1 if integer else 1e-3
-        low = schema.get("minimum")
+        low: float | None = schema.get("minimum")
         if "exclusiveMinimum" in schema and not isinstance(schema["exclusiveMinimum"], bool):
             low = schema["exclusiveMinimum"] + nudge
-        high = schema.get("maximum")
+        high: float | None = schema.get("maximum")
         if "exclusiveMaximum" in schema and not isinstance(schema["exclusiveMaximum"], bool):
             high = schema["exclusiveMaximum"] - nudge
         if low is None and high is None:
             low, high = 0, 100
         elif low is None:
+            assert high is not None
             low = high - 100
         elif high is None:
             high = low + 100
+        assert low is not None and high is not None
         if integer:
             low, high = math.ceil(low), math.floor(high)
         if low > high:

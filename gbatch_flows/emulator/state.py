@@ -81,7 +81,7 @@ class BatchRecord(BaseModel):
     output_tokens: int = 0
     enqueued_tokens: int = 0
     faults: BatchFaultPlan | None = None
-    cancel_requested: bool = Field(False, description="set by the cancel endpoint or a cancel fault")
+    cancel_requested: bool = Field(default=False, description="set by the cancel endpoint or a cancel fault")
 
     @property
     def terminal(self) -> bool:

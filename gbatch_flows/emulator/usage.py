@@ -17,12 +17,10 @@ from . import jsonutil
 log = logging.getLogger(__name__)
 
 
-class _Estimate(Protocol):
-    total: int
-
-
 class _Estimator(Protocol):
-    def estimate(self, endpoint: str, payload: dict[str, Any]) -> _Estimate: ...
+    """What the emulator uses of gbatch_flows.tokens.TokenEstimator."""
+
+    def estimate(self, endpoint: str, payload: dict[str, Any]) -> Any: ...
 
     def count_text(self, text: str, model: str) -> int: ...
 
@@ -43,7 +41,8 @@ def project_estimator() -> _Estimator | None:
                     log.info("gbatch_flows.tokens not importable: the emulator counts tokens as len(text)//4")
                     _resolved.append(None)
                 else:
-                    _resolved.append(get_estimator())
+                    estimator: _Estimator = get_estimator()
+                    _resolved.append(estimator)
     return _resolved[0]
 
 

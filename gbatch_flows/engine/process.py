@@ -24,6 +24,7 @@ from gbatch_flows.store import BlobRef
 log = logging.getLogger("gbatch_flows.engine.process")
 
 TOKEN_LIMIT_CODE = "token_limit_exceeded"
+TOKEN_LIMIT_MAX_WAIT_S = 600.0
 
 
 def usage_of(body: dict[str, Any] | None) -> Usage:
@@ -183,6 +184,7 @@ def _handle_failed_batch(engine: Engine, batch: BatchRecord) -> bool:
         changes.batch(batch.model_copy(update={
             "state": "assembled", "remote_id": None, "remote_status": None, "remote_errors": [],
             "past_remote_ids": [*batch.past_remote_ids, batch.remote_id or ""], "finished_at": None,
+            "not_before": time.time() + min(TOKEN_LIMIT_MAX_WAIT_S, 15.0 * 2 ** len(batch.past_remote_ids)),
         }))
         engine.commit(changes, f"batch {batch.local_id} back to the queue (token limit)")
         return True

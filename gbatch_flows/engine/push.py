@@ -52,6 +52,9 @@ def push(engine: Engine) -> str | None:
         if batch.mode != "batch":
             continue
         state = engine.state
+        if batch.not_before and time.time() < batch.not_before and state.batches_in("pushing", "pushed"):
+            log.info("batch %d waits for the enqueued-token limit: remote batches must finish first", batch.local_id)
+            return "enqueued token limit"
         refusal = limits.remote_refusal(engine.options, state, batch) or limits.spend_refusal(
             engine.options, state, engine.session_id, batch
         )

@@ -82,7 +82,9 @@ def _chat_content(value: Any, field: str, count: Count, image_tokens: ImageToken
         elif kind in ("input_audio", "file"):
             raise EstimateError(f"{where}.type", f"{kind!r} content {_OFFLINE_UNKNOWABLE}")
         else:
-            raise EstimateError(f"{where}.type", f"unknown content part type {kind!r}; supported: text, image_url, refusal")
+            raise EstimateError(
+                f"{where}.type", f"unknown content part type {kind!r}; supported: text, image_url, refusal"
+            )
 
 
 def _call_tokens(call: Any, field: str, count: Count) -> int:

@@ -210,7 +210,9 @@ def response_format_tokens(response_format: Any, count: Count, field: str = "res
     if kind in ("text", "json_object"):
         return 0
     if kind != "json_schema":
-        raise EstimateError(f"{field}.type", f"unsupported type {kind!r}; expected 'text', 'json_object', 'json_schema'")
+        raise EstimateError(
+            f"{field}.type", f"unsupported type {kind!r}; expected 'text', 'json_object', 'json_schema'"
+        )
     schema = response_format.get("json_schema")
     if not isinstance(schema, dict):
         raise EstimateError(f"{field}.json_schema", "expected an object with name and schema")
@@ -230,5 +232,7 @@ def text_format_tokens(text: Any, count: Count, field: str = "text") -> int:
     if kind in ("text", "json_object"):
         return 0
     if kind != "json_schema":
-        raise EstimateError(f"{field}.format.type", f"unsupported type {kind!r}; expected 'text', 'json_object', 'json_schema'")
+        raise EstimateError(
+            f"{field}.format.type", f"unsupported type {kind!r}; expected 'text', 'json_object', 'json_schema'"
+        )
     return count(compact_json({k: v for k, v in fmt.items() if k != "type"}, f"{field}.format"))

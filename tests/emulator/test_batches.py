@@ -108,19 +108,23 @@ def test_batch_input_size_limit(emulator_factory) -> None:
 
 
 def test_enqueued_token_limit_fails_with_token_limit_exceeded(emulator_factory) -> None:
-    _, client = emulator_factory(batch_duration=10, enqueued_token_limit=100)
-    running = start_batch(client, chat_requests(5))  # about 50 tokens: fits
-    wait_for(client, running.id, lambda b: b.status == "in_progress")
-    second = wait_for(client, start_batch(client, chat_requests(10)).id)
+    from gbatch_flows.tokens import get_estimator
+
+    tokens = sum(get_estimator().estimate(CHAT, r["body"]).total for r in chat_requests(5))
+    limit = tokens * 3 // 2  # one batch of 5 requests fits, two do not
+    _, client = emulator_factory(batch_duration=10, enqueued_token_limit=limit)
+    running = start_batch(client, chat_requests(5))
+    assert wait_for(client, running.id, lambda b: b.status != "validating").status == "in_progress"
+    second = wait_for(client, start_batch(client, chat_requests(5, prefix="s")).id)
     assert second.status == "failed"
     [error] = second.errors.data
     assert error.code == "token_limit_exceeded" and error.line is None
-    assert "Enqueued token limit reached for gpt-4o-mini" in error.message and "Limit: 100" in error.message
+    assert "Enqueued token limit reached for gpt-4o-mini" in error.message and f"Limit: {limit:,}" in error.message
     client.batches.cancel(running.id)
     assert wait_for(client, running.id).status == "cancelled"
-    # the cancelled batch released its tokens: the same request now fits
+    # the cancelled batch released its tokens: the same requests fit again
     third = start_batch(client, chat_requests(5))
-    assert wait_for(client, third.id, lambda b: b.status in ("in_progress", "failed")).status == "in_progress"
+    assert wait_for(client, third.id, lambda b: b.status != "validating").status == "in_progress"
     client.batches.cancel(third.id)
 
 

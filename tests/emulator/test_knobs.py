@@ -204,7 +204,7 @@ def test_api_key_is_checked(emulator_factory) -> None:
 
 
 def test_state_dir_keeps_files_and_resumes_a_running_batch(tmp_path) -> None:
-    config = EmulatorConfig(state_dir=tmp_path, batch_duration=2)
+    config = EmulatorConfig(state_dir=tmp_path, batch_duration=3)
     requests = chat_requests(30)
     with run_emulator(config.model_copy(update={"batch_duration": 0})) as emu, make_client(emu) as client:
         finished = client.batches.retrieve(start_batch(client, chat_requests(2, prefix="f")).id)
