@@ -57,53 +57,66 @@ def main(argv: list[str] | None = None) -> None:
     if args.cpu >= 0 and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {args.cpu})
     endpoint = "/v1/chat/completions"
-    requests = payloads(args.n, args.model)
-    user_texts = [r["messages"][1]["content"] for r in requests]
+    n = args.n
+    enc = load_encoding(TokenEstimator("tiktoken").encoding_name(args.model))
 
-    fast = TokenEstimator("auto")
-    slow = TokenEstimator("tiktoken")
-    enc = load_encoding(fast.encoding_name(args.model))
-    for est in (fast, slow):  # load encodings outside the timing
-        est.estimate(endpoint, requests[0])
-
-    def baseline() -> None:
+    # Each variant gets fresh payload objects (a str caches its UTF-8 form once encoded, so reusing the same
+    # strings would flatter later runs) and a fresh estimator (user texts are never cache hits; the system prompt
+    # is, after the first request). Only the call itself is timed.
+    def baseline(requests: list[dict[str, Any]]) -> Callable[[], None]:
+        user_texts = [r["messages"][1]["content"] for r in requests]
         encode = enc.encode_ordinary
-        for text in user_texts:
-            len(encode(text))
 
-    def fresh(backend: str) -> TokenEstimator:
-        # a new estimator per run so user texts are never cache hits (the system prompt is, after the first)
-        est = TokenEstimator(backend)  # type: ignore[arg-type]
-        est.estimate(endpoint, requests[0])
-        return est
-
-    def estimate_loop(backend: str) -> Callable[[], None]:
         def run() -> None:
-            estimate = fresh(backend).estimate
-            for payload in requests:
-                estimate(endpoint, payload)
+            for text in user_texts:
+                len(encode(text))
 
         return run
 
-    def totals(backend: str) -> Callable[[], None]:
-        return lambda: fresh(backend).totals(endpoint, requests)
+    def estimator(backend: str) -> TokenEstimator:
+        est = TokenEstimator(backend)  # type: ignore[arg-type]
+        est.estimate(endpoint, payloads(1, args.model)[0])  # loads the encoding, registers the model
+        return est
 
-    n = args.n
-    runs: dict[str, Callable[[], Any]] = {
+    def estimate_loop(backend: str) -> Callable[[list[dict[str, Any]]], Callable[[], None]]:
+        def prepare(requests: list[dict[str, Any]]) -> Callable[[], None]:
+            estimate = estimator(backend).estimate
+
+            def run() -> None:
+                for payload in requests:
+                    estimate(endpoint, payload)
+
+            return run
+
+        return prepare
+
+    def totals(backend: str) -> Callable[[list[dict[str, Any]]], Callable[[], None]]:
+        def prepare(requests: list[dict[str, Any]]) -> Callable[[], None]:
+            est = estimator(backend)
+
+            def run() -> None:
+                est.totals(endpoint, requests)
+
+            return run
+
+        return prepare
+
+    auto_backend = TokenEstimator("auto").backend
+    variants: dict[str, Callable[[list[dict[str, Any]]], Callable[[], None]]] = {
         "baseline len(enc.encode_ordinary(user_text)), tiktoken": baseline,
-        f"estimate() loop, {fast.backend}": estimate_loop("auto"),
-        f"totals(), {fast.backend}": totals("auto"),
+        f"estimate() loop, {auto_backend}": estimate_loop("auto"),
+        f"totals(), {auto_backend}": totals("auto"),
         "estimate() loop, tiktoken": estimate_loop("tiktoken"),
         "totals(), tiktoken": totals("tiktoken"),
     }
     # Rounds interleave all variants, so a slow phase of the machine hits them alike; the best round counts.
-    best = dict.fromkeys(runs, float("inf"))
+    best = dict.fromkeys(variants, float("inf"))
     for _ in range(args.repeat):
-        for name, fn in runs.items():
-            best[name] = min(best[name], seconds(fn))
+        for name, prepare in variants.items():
+            best[name] = min(best[name], seconds(prepare(payloads(n, args.model))))
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "?"
     print(f"python {sys.version.split()[0]}, model {args.model}, {n} requests, cpus {cpus}, best of {args.repeat}")
-    base = n / best[next(iter(runs))]
+    base = n / best[next(iter(variants))]
     for name, secs in best.items():
         print(f"{name:58s} {n / secs:>12,.0f} /s   {n / secs / base:.2f}x baseline")
 

@@ -226,7 +226,7 @@ class TokenEstimator:
         if type(payload) is not dict:
             return None
         try:
-            ctx = self._models.get(payload.get("model"))
+            ctx = self._models.get(payload.get("model"))  # type: ignore[arg-type]
         except TypeError:  # unhashable model value: the general path reports it
             return None
         if ctx is None or (

@@ -3,6 +3,8 @@ and commit the output, requeued requests, failures and actual spend of a batch i
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import time
 from collections.abc import Iterator
@@ -78,24 +80,33 @@ class BatchProcessor:
 
     def run(self, results: dict[str, ResultLine]) -> BatchOutcome:
         store = self.engine.store
+        prompt = completion = cached = 0
         inputs = store.iter_lines(BlobRef.model_validate(self.batch.input_ref))
         for side_raw, input_raw in zip(store.iter_lines(BlobRef.model_validate(self.batch.sidecar_ref)), inputs):
             side = orjson.loads(side_raw)
             request = Request(payload=orjson.loads(input_raw)["body"], **side)
             line = results.get(request.custom_id)
+            usage = None
             if line is not None and line.body is not None:
-                self.out.usage = self.out.usage + usage_of(line.body)
-            self._handle(request, line)
+                usage = usage_of(line.body)
+                prompt += usage.prompt_tokens
+                completion += usage.completion_tokens
+                cached += usage.cached_tokens
+            self._handle(request, line, usage)
+        # summed as ints: one Usage model per request instead of three
+        self.out.usage = self.out.usage + Usage(prompt_tokens=prompt, completion_tokens=completion,
+                                                cached_tokens=cached)
         return self.out
 
-    def _handle(self, request: Request, line: ResultLine | None) -> None:
+    def _handle(self, request: Request, line: ResultLine | None, usage: Usage | None = None) -> None:
         if self.force_retry:
             self._retry(request, self.force_retry)
             return
         outcome, reason = api.classify_result(line)
         if outcome is api.Outcome.OK:
             assert line is not None
-            result = Result(request, True, line.body, None, usage_of(line.body), line, self.batch.mode)
+            result = Result(request, True, line.body, None, usage if usage is not None else usage_of(line.body),
+                            line, self.batch.mode)
             try:
                 processed = self.engine.task.process_result(result, self.meta)
             except ResponseInvalid as exc:
@@ -137,6 +148,23 @@ class BatchProcessor:
         self.out.outcomes.failed += 1
         self.out.failed.append(orjson.dumps({"request": request.model_dump(mode="json"), "reason": reason}))
         self._records(request, self.engine.task.process_failure(request, reason, self.meta) or [])
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a batch is read and classified.
+
+    A batch's parsed results (about 20 container objects per request, all alive until the batch is committed) made
+    the generational collector re-scan them over and over: reading 50,000 results took 3x longer with it on.
+    Reference counting still frees everything at once; cycles made meanwhile are collected after.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def read_results(engine: Engine, ref: BlobRef) -> dict[str, ResultLine]:
@@ -219,7 +247,8 @@ def process_batch(engine: Engine, batch: BatchRecord, force_retry: str | None = 
             return
     else:
         ref = engine.store.put_blob(f"results/{batch.local_id:06d}.jsonl", [b""])
-    out = BatchProcessor(engine, batch, force_retry).run(read_results(engine, ref))
+    with gc_paused():
+        out = BatchProcessor(engine, batch, force_retry).run(read_results(engine, ref))
     _commit_processed(engine, batch, ref, out, failed_batch=force_retry is not None)
     if batch.mode == "batch":
         delete_remote_files(engine, batch)

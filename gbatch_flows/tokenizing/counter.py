@@ -47,7 +47,7 @@ def quicktok_verified() -> bool:
     return version is not None and versions_verified(version, tiktoken.__version__)
 
 
-def resolve_backend(backend: str) -> str:
+def resolve_backend(backend: str) -> Backend:
     """``auto`` -> ``quicktok`` when installed in a verified version, else ``tiktoken``."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown tokenizer backend {backend!r}; use one of {', '.join(BACKENDS)}")
@@ -58,7 +58,8 @@ def resolve_backend(backend: str) -> str:
             raise ValueError("backend 'quicktok' requested but quicktok is not installed: pip install quicktok-v1")
         if not quicktok_verified():
             log.warning("quicktok %s was not verified against this tiktoken; counts may differ", quicktok_version())
-    return backend
+        return "quicktok"
+    return "tiktoken"
 
 
 class TextCounter:

@@ -281,3 +281,21 @@ def test_direct_finish_sends_the_last_requests_directly(tmp_path, emulator):
         modes = Counter(b.mode for b in engine.state.batches.values())
         assert len(output_keys(engine)) == 23
     assert modes["batch"] == 2 and modes["direct"] == 1
+
+
+def test_estimates_equal_the_emulators_usage_for_structured_requests(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "flows"))
+    from char_codes import CharCodes
+
+    options = make_options(tmp_path, max_batch_requests=50)
+    task = CharCodes({"char_ranges": "0x41-0x5A,0x3B1-0x3B5,0x1F600-0x1F602"})
+    with run_emulator(EmulatorConfig(batch_duration=0.05, responders=task.emulator_responders())) as emu:
+        with engine_for(task, options, emu) as engine:
+            assert run_engine(engine).status == "finished"
+            batches = list(engine.state.batches.values())
+    assert sum(b.requests for b in batches) == 26 + 5 + 3
+    for b in batches:  # every request's prompt estimate equals what the server counted
+        assert b.usage.prompt_tokens == b.tokens, b

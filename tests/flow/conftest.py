@@ -12,6 +12,7 @@ import importlib.util
 import json
 import os
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from gbatch_flows.store import open_store
 
 REPO = Path(__file__).resolve().parents[2]
 DUMMY_KEY = "sk-test-dummy-flow"
+GATE_TIMEOUT_S = 120.0
 
 
 def load_demo(name: str) -> ModuleType:
@@ -109,11 +111,31 @@ def utterance_emotion() -> ModuleType:
 
 
 @contextlib.contextmanager
-def emulator_for(task_cls: type, batch_duration: float = 0.05) -> Iterator[RunningEmulator]:
-    """The emulator in a thread of this process, answering like the demo's own emulator responder."""
-    config = EmulatorConfig(batch_duration=batch_duration, responders=task_cls().emulator_responders())
-    with run_emulator(config) as emu:
-        yield emu
+def emulator_for(task_cls: type, batch_duration: float = 0.05,
+                 gate: threading.Event | None = None) -> Iterator[RunningEmulator]:
+    """The emulator in a thread of this process, answering like the demo's own emulator responder.
+
+    With ``gate``, no batch request is answered (so no batch completes) until the test sets the event: a run
+    stays in flight exactly as long as the test needs, without timing guesses.
+    """
+    responders = task_cls().emulator_responders()
+    if gate is not None:
+        responders = {model: _gated(answer, gate) for model, answer in responders.items()}
+    with run_emulator(EmulatorConfig(batch_duration=batch_duration, responders=responders)) as emu:
+        try:
+            yield emu
+        finally:
+            if gate is not None:
+                gate.set()  # let the emulator's batch threads end
+
+
+def _gated(answer: Any, gate: threading.Event) -> Any:
+    def gated(body: dict[str, Any], ctx: Any) -> Any:
+        if not gate.wait(timeout=GATE_TIMEOUT_S):
+            raise RuntimeError("test gate never opened")
+        return answer(body, ctx)
+
+    return gated
 
 
 def flow_options(tmp_path: Path, emu: RunningEmulator, **overrides: Any) -> dict[str, Any]:

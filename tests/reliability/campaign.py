@@ -3,7 +3,6 @@ committed state after every stop, and finally let it finish."""
 
 from __future__ import annotations
 
-import math
 import random
 import signal
 import time
@@ -37,11 +36,13 @@ class CampaignResult:
     lease_refusals: int = 0
     max_exit_s: float = 0.0  # SIGINT: longest time from the signal to the exit
     seconds: float = 0.0
+    run_seconds: list[float] = field(default_factory=list)
 
     def figures(self) -> dict[str, Any]:
         return {"stops": self.stops, "runs": self.runs, "completed_runs": self.completed_runs,
                 "stops_by_stage": dict(sorted(self.stages.items())), "lease_refusals_checked": self.lease_refusals,
-                "max_sigint_exit_s": round(self.max_exit_s, 3), "seconds": round(self.seconds, 1)}
+                "max_sigint_exit_s": round(self.max_exit_s, 3), "seconds": round(self.seconds, 1),
+                "longest_run_s": max(self.run_seconds, default=0.0)}
 
 
 def check_remote_consistency(state: TaskState, created: dict[str, int]) -> None:
@@ -90,27 +91,27 @@ class Campaign:
         check_limits(self.options, state)
         check_remote_consistency(state, self.emulator.stats()["batches_by_local_id"])
 
-    def _aim(self, state: TaskState, stops_left: int, commits_left: float) -> tuple[str, Any, float]:
-        """(description, marker predicate or None for a pure delay, delay after the marker)."""
+    def _aim(self, state: TaskState, commits_allowed: int) -> tuple[Any, float]:
+        """(marker predicate, or None for a pure delay; the delay after it) for the next stop."""
         if state.task is None or not state.task.generated:
-            return "time", None, self.rng.uniform(0.0, 1.3 * self.ref_generate_s)
+            return None, self.rng.uniform(0.0, 1.3 * self.ref_generate_s)
         if is_finished(state):
-            return "time", None, self.rng.uniform(0.0, 1.2 * self.ref_finished_run_s)
-        per_stop = max(1, math.ceil(commits_left / max(1, stops_left)))
+            return None, self.rng.uniform(0.0, 1.2 * self.ref_finished_run_s)
         target = self.rng.choice(TARGETS)
-        skip = self.rng.randint(0, 2 * per_stop - 1) if target is None else self.rng.randint(0, per_stop - 1)
-        delay = self.rng.uniform(0.0, 0.3) if target is None else self.rng.uniform(0.0, 0.05)
-        return f"{target or 'any'}+{skip}", _wanted(target, skip), delay
+        skip = self.rng.randint(0, max(0, commits_allowed))
+        return _wanted(target, skip), self.rng.uniform(0.0, 0.05 if commits_allowed > 1 else 0.02)
 
     def run(self, stops: int) -> CampaignResult:
+        """Stop ``stops`` runs; the stops are spread over the task's life by letting each run make about its share
+        of the commits an uninterrupted run makes (and a few are kept for runs on the finished task)."""
         started = time.monotonic()
         res = self.result
         commits_done = 0
-        output_stops = max(2, stops // 10)  # keep a few stops for runs on the finished task (writing the output)
+        main_stops = max(1, stops - max(2, stops // 10))
         while res.stops < stops:
             state = self.task_dir.state()
-            commits_left = max(1.0, self.ref_commits - commits_done)
-            _, wanted, delay = self._aim(state, max(1, stops - output_stops - res.stops), commits_left)
+            share = self.ref_commits * min(1.0, (res.stops + 1) / main_stops)
+            wanted, delay = self._aim(state, int(share - commits_done))
             run = self.forkserver.start(self.argv, self.log)
             res.runs += 1
             try:
@@ -126,7 +127,8 @@ class Campaign:
                 code = run.join(SIGINT_EXIT_S + 20)
             finally:
                 run.close()
-            commits_done += len(run.commits())
+                commits_done += len(run.commits())
+                res.run_seconds.append(round(time.monotonic() - run.started, 3))
             if code == 0 or any(m.kind == "exit" and m.number == 0 for m in run.markers):
                 res.completed_runs += 1  # it finished before the signal was delivered
                 continue
