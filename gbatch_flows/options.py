@@ -203,8 +203,9 @@ class Options(BaseModel):
 
     # --- Task meta overrides
     max_completion_tokens: int | None = _opt(None, "Maximum completion tokens per request.", G_META, ge=1)
-    completion_ratio: float | None = _opt(None, "Expected fraction of max_completion_tokens actually used, "
-                                          "for cost estimates.", G_META, ge=0, le=1)
+    completion_ratio: float | None = _opt(None, "For requests without max_completion_tokens: completion tokens "
+                                          "assumed = prompt tokens x this ratio when reserving budget (set "
+                                          "max_completion_tokens for a hard bound).", G_META, ge=0, le=100)
     temperature: float | None = _opt(None, "Sampling temperature (0 to 2).", G_META, ge=0, le=2)
     top_p: float | None = _opt(None, "Nucleus sampling probability mass (0 to 1).", G_META, ge=0, le=1)
     opinions_min: int | None = _opt(None, "Minimum number of answers (opinions) collected per item.", G_META,

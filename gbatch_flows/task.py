@@ -38,7 +38,7 @@ class Task:
         "temperature": None,
         "top_p": None,
         "max_completion_tokens": None,
-        "completion_ratio": 0.35,
+        "completion_ratio": 1.0,
         "opinions_min": 1,
         "opinions_max": 1,
         "confidence": 0.0,

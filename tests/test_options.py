@@ -57,7 +57,7 @@ def test_unknown_field_is_refused() -> None:
     ("max_batch_requests", 50001), ("max_batch_requests", 0), ("max_batch_mb", 200.5), ("max_batch_mb", 0),
     ("min_pass_ratio", 1.01), ("min_pass_ratio", -0.1), ("confidence", 0), ("confidence", 1.5),
     ("temperature", 2.01), ("temperature", -0.5), ("top_p", 1.2), ("max_retries", -1),
-    ("token_safety_margin", -0.01), ("size_safety_margin", 1.5), ("completion_ratio", 2),
+    ("token_safety_margin", -0.01), ("size_safety_margin", 1.5), ("completion_ratio", 101),
     ("max_session_cost", -1), ("max_task_requests", -5), ("direct_finish_requests", -1),
     ("max_direct_concurrency", 0), ("max_direct_rpm", 0), ("process_failed_batches", -2),
     ("opinions_min", 0), ("max_completion_tokens", 0), ("cost_input_batch_mtoken", -0.1),

@@ -67,7 +67,8 @@ def request_dict(spec: RequestSpec, meta: dict[str, Any], seq: int, part: int = 
     ratio = float(meta.get("completion_ratio") or costs.DEFAULT_COMPLETION_RATIO)
     return {
         "seq": seq, "key": spec.key, "endpoint": spec.endpoint, "payload": payload, "meta": spec.meta,
-        "retry": 0, "part": part, "tokens": tokens, "max_out": costs.max_output_tokens(payload, tokens, ratio),
+        "retry": 0, "part": part, "tokens": tokens,
+        "max_out": costs.max_output_tokens(payload, tokens, ratio, endpoint=spec.endpoint),
     }
 
 
