@@ -32,9 +32,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from flows.char_codes import SYSTEM, CharInfo, user_prompt  # noqa: E402
 from openai.lib._parsing._completions import type_to_response_format_param  # noqa: E402
 
+from flows.char_codes import SYSTEM, CharInfo, user_prompt  # noqa: E402
 from gbatch_flows import launch  # noqa: E402
 from gbatch_flows.engine import runner as runner_module  # noqa: E402
 from gbatch_flows.options import Options  # noqa: E402
@@ -86,12 +86,13 @@ class BenchChars(Task):
 
 def bench_options(task_dir: str | Path, **overrides: Any) -> Options:
     """Options of a bench run: big batches, remote limits out of the way, no session cost limit, no W&B."""
-    base: dict[str, Any] = dict(
-        task_dir=str(task_dir), no_wandb=True, no_prefect=True, emulator="never", max_session_cost=None,
-        max_batch_requests=50_000, max_batch_mb=200, max_batch_ktokens=1e9, max_batch_cost=1e9,
-        max_remote_batches=1000, max_remote_requests=100_000_000, max_remote_mb=1e9, max_remote_ktokens=1e12,
-        max_remote_cost=1e9, poll_interval_min_s=0.01, poll_interval_max_s=0.05, log_level="WARNING",
-    )
+    base: dict[str, Any] = {
+        "task_dir": str(task_dir), "no_wandb": True, "no_prefect": True, "emulator": "never",
+        "max_session_cost": None, "max_batch_requests": 50_000, "max_batch_mb": 200, "max_batch_ktokens": 1e9,
+        "max_batch_cost": 1e9, "max_remote_batches": 1000, "max_remote_requests": 100_000_000, "max_remote_mb": 1e9,
+        "max_remote_ktokens": 1e12, "max_remote_cost": 1e9, "poll_interval_min_s": 0.01,
+        "poll_interval_max_s": 0.05, "log_level": "WARNING",
+    }
     base.update(overrides)
     return Options(**base)
 
@@ -298,13 +299,15 @@ STAGES = ("generate", "process", "assemble", "push", "poll", "run_direct")
 @dataclass
 class Timing:
     seconds: float = 0.0
+    cpu: float = 0.0  # CPU seconds of the engine process (all its threads) during the calls
     calls: int = 0
     first_start: float | None = None
     last_end: float | None = None
 
 
 class StageTimer:
-    """Wraps the stage functions the runner calls and sums their wall time; also ``commit`` of the store."""
+    """Wraps the stage functions the runner calls and sums their wall and CPU time (nested calls are counted in
+    both, e.g. ``store.commit`` inside the stages)."""
 
     def __init__(self) -> None:
         self.timings: dict[str, Timing] = {name: Timing() for name in STAGES}
@@ -315,13 +318,14 @@ class StageTimer:
 
         @functools.wraps(fn)
         def timed(*args: Any, **kwargs: Any) -> Any:
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             if timing.first_start is None:
                 timing.first_start = start
             try:
                 return fn(*args, **kwargs)
             finally:
                 end = time.perf_counter()
+                timing.cpu += time.process_time() - cpu
                 timing.seconds += end - start
                 timing.calls += 1
                 timing.last_end = end

@@ -181,8 +181,13 @@ def _session_id(explicit: str | None) -> str:
         return explicit
     ctx = FlowRunContext.get()
     if ctx and ctx.flow_run:
-        return str(ctx.flow_run.id)[:12]
+        return _session_of_run(ctx.flow_run.id)
     return uuid.uuid4().hex[:12]
+
+
+def _session_of_run(flow_run_id: Any) -> str:
+    """The default session id of a flow run: its id's first 12 hex digits (kept by `prefect flow-run retry`)."""
+    return str(flow_run_id).replace("-", "")[:12]
 
 
 def run_task_flow(task_obj: Task, options: Options, session_id: str | None = None) -> Any:
@@ -266,7 +271,7 @@ def _flow_run_name(task_name: str):
     def name() -> str:
         from prefect.runtime import flow_run
 
-        session = (flow_run.parameters or {}).get("session_id") or str(flow_run.id)[:12]
+        session = (flow_run.parameters or {}).get("session_id") or _session_of_run(flow_run.id)
         return f"{task_name}-{session}"
 
     return name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import ModuleType
 
@@ -61,7 +62,7 @@ def test_char_codes_flow_runs_resumes_idempotently_and_reports(prefect_server: P
         assert found["char-codes-progress"].type == "progress"
         assert float(found["char-codes-progress"].data) == pytest.approx(100.0)
         rows = found["char-codes-batches"].data
-        rows = rows if isinstance(rows, list) else __import__("json").loads(rows)
+        rows = rows if isinstance(rows, list) else json.loads(rows)
         assert len(rows) == 4 and sum(row["requests"] for row in rows) == 26
         assert all(row["state"] == "processed" for row in rows)
         summary_md = found["char-codes-summary"].data
@@ -115,7 +116,7 @@ def test_utterance_emotion_flow(prefect_server: PrefectServer, utterance_emotion
     folder = tmp_path / "tasks" / "utterance_emotion"
     with emulator_for(module.UtteranceEmotionTask) as emu:
         options = flow_options(tmp_path, emu, opinions_min=3, opinions_max=7, confidence=0.7)
-        state = module.utterance_emotion_flow(options=options, params={}, session_id="emo", return_state=True)
+        state = module.utterance_emotion_flow(options=options, params={}, return_state=True)  # as a deployment does
         assert state.is_completed(), state.message
         assert state.result()["status"] == "finished"
         records = [module.UtteranceEmotion.model_validate(r)
@@ -133,5 +134,5 @@ def test_utterance_emotion_flow(prefect_server: PrefectServer, utterance_emotion
         assert any(sum(r.votes.values()) > 3 for r in records), "no utterance needed follow-up opinions"
         assert not local_ids_pushed_twice(emu.stats())
         run = flow_run(state.state_details.flow_run_id)
-        assert run.name == "utterance_emotion-emo"
+        assert run.name == f"utterance_emotion-{run.id.hex[:12]}"  # no session_id: the run id names the session
         assert "utterance-emotion-summary" in artifacts(run.id)

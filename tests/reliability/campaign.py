@@ -42,7 +42,7 @@ class CampaignResult:
         return {"stops": self.stops, "runs": self.runs, "completed_runs": self.completed_runs,
                 "stops_by_stage": dict(sorted(self.stages.items())), "lease_refusals_checked": self.lease_refusals,
                 "max_sigint_exit_s": round(self.max_exit_s, 3), "seconds": round(self.seconds, 1),
-                "longest_run_s": max(self.run_seconds, default=0.0)}
+                "longest_run_s": max(self.run_seconds, default=0.0), "DEBUG": self.run_seconds}
 
 
 def check_remote_consistency(state: TaskState, created: dict[str, int]) -> None:
@@ -91,10 +91,12 @@ class Campaign:
         check_limits(self.options, state)
         check_remote_consistency(state, self.emulator.stats()["batches_by_local_id"])
 
-    def _aim(self, state: TaskState, commits_allowed: int) -> tuple[Any, float]:
+    def _aim(self, state: TaskState, commits_allowed: int, in_generate: bool) -> tuple[Any, float]:
         """(marker predicate, or None for a pure delay; the delay after it) for the next stop."""
         if state.task is None or not state.task.generated:
-            return None, self.rng.uniform(0.0, 1.3 * self.ref_generate_s)
+            if in_generate:
+                return None, self.rng.uniform(0.0, 0.9 * self.ref_generate_s)
+            return _wanted(None, 0), 0.0  # let it generate: stop it right after its first commit after that
         if is_finished(state):
             return None, self.rng.uniform(0.0, 1.2 * self.ref_finished_run_s)
         target = self.rng.choice(TARGETS)
@@ -107,11 +109,12 @@ class Campaign:
         started = time.monotonic()
         res = self.result
         commits_done = 0
+        generate_stops = max(2, stops // 12)
         main_stops = max(1, stops - max(2, stops // 10))
         while res.stops < stops:
             state = self.task_dir.state()
             share = self.ref_commits * min(1.0, (res.stops + 1) / main_stops)
-            wanted, delay = self._aim(state, int(share - commits_done))
+            wanted, delay = self._aim(state, int(share - commits_done), res.stops < generate_stops)
             run = self.forkserver.start(self.argv, self.log)
             res.runs += 1
             try:

@@ -82,7 +82,7 @@ def run_cli(argv: list[str], env: dict[str, str | None], log_path: str, conn: An
             os.environ[name] = value
     send = conn.send if conn is not None else (lambda item: None)
     _install_markers(send)
-    send(("started", time.monotonic(), os.getpid(), ""))
+    send(("started", time.monotonic(), os.getpid(), f"imported {time.monotonic() - IMPORTED_AT:.3f}s ago {os.getppid()}"))
     code = cli.main(RelTask, argv)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -111,6 +111,7 @@ def _script_main() -> int:
 
 
 warm_up()
+IMPORTED_AT = time.monotonic()
 
 if __name__ == "__main__":
     sys.exit(_script_main())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import time
 from collections import Counter
@@ -154,6 +155,18 @@ class Forkserver:
     def __init__(self) -> None:
         self.ctx = multiprocessing.get_context("forkserver")
         self.ctx.set_forkserver_preload(["__main__", child.__name__])
+        # Python 3.11's forkserver ignores the parent's sys.path when it preloads: give it ours through PYTHONPATH
+        # (for the preload only; a forkserver already started by someone else just makes slower children).
+        root = Path(child.__file__).resolve().parents[child.__name__.count(".")]
+        old = os.environ.get("PYTHONPATH")
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(root), *([old] if old else [])])
+        try:
+            multiprocessing.forkserver.ensure_running()
+        finally:
+            if old is None:
+                os.environ.pop("PYTHONPATH", None)
+            else:
+                os.environ["PYTHONPATH"] = old
 
     def start(self, argv: list[str], log_path: Path, env: dict[str, str | None] | None = None) -> ChildRun:
         env = {"OPENAI_API_KEY": DUMMY_KEY, **(env or {})}

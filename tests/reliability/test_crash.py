@@ -62,9 +62,9 @@ def test_sigkill_at_random_moments(kind: str, request: pytest.FixtureRequest, tm
         result = campaign.run(kills)
         campaign.finish()
         final = check_final_state(task_dir, emu, reference.output, n)
+    figures[f"sigkill[{kind}]"] = {"requests": n, **result.figures(), **final}
     assert result.stops == kills
     assert result.lease_refusals == 1
     stages = result.stages
     assert stages["generate"] + stages["startup"] > 0 and stages["output"] > 0
     assert stages["push"] > 0 and stages["process"] > 0, stages
-    figures[f"sigkill[{kind}]"] = {"requests": n, **result.figures(), **final}

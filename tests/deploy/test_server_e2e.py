@@ -1,0 +1,180 @@
+"""End to end through a real Prefect server (issue "Step 6"): prefect.yaml deployed to a `process` pool, a worker
+runs the char_codes demo on S3 (moto) against the emulator; a worker killed mid-run; `prefect flow-run retry`.
+
+Runs in the default ``python -m pytest`` (marked ``slow`` and ``s3`` only to be selectable).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Any
+
+import pytest
+import s3fs
+
+from gbatch_flows.store import open_store
+
+from .conftest import DUMMY_KEY, RUN_TIMEOUT_S, EmulatorProcess, PrefectApi, Workers, dumps, is_running
+
+pytestmark = [pytest.mark.slow, pytest.mark.s3]
+
+RANGE = "0x41-0x5A"
+CODEPOINTS = list(range(0x41, 0x5B))
+TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
+
+
+@pytest.fixture(scope="module")
+def deployments(prefect_api: PrefectApi) -> dict[str, dict[str, Any]]:
+    """The README's steps: create the `local` process pool, deploy everything in prefect.yaml."""
+    prefect_api.cli("work-pool", "create", "local", "--type", "process")
+    prefect_api.cli("deploy", "--all")
+    return {d["name"]: d for d in prefect_api.post("/deployments/filter", {})}
+
+
+def run_parameters(emulator: EmulatorProcess, task_dir: str, **options: Any) -> dict[str, Any]:
+    """Parameters of one run: no secret in them (the key and the S3 credentials are in the worker's env)."""
+    return {
+        "options": {"task_dir": task_dir, "client_base_url": emulator.base_url, "no_wandb": True,
+                    "poll_interval_min_s": 0.05, "poll_interval_max_s": 0.2, "max_session_cost": None, **options},
+        "params": {"char_ranges": RANGE},
+    }
+
+
+def trigger(api: PrefectApi, deployment: dict[str, Any], parameters: dict[str, Any]) -> str:
+    run = api.post(f"/deployments/{deployment['id']}/create_flow_run", {"parameters": parameters})
+    return str(run["id"])
+
+
+def wait_state(api: PrefectApi, run_id: str, expected: str, workers: Workers,
+               timeout: float = RUN_TIMEOUT_S) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        run = api.get(f"/flow_runs/{run_id}")
+        state = run["state"]["type"] if run.get("state") else None
+        if state == expected:
+            return run
+        if state in TERMINAL or time.monotonic() > deadline:
+            logs = "\n".join(f"--- {w.name}\n{w.log_tail(3000)}" for w in workers.started)
+            pytest.fail(f"flow run {run_id} is {state} ({run['state'].get('message')}), expected {expected}\n{logs}")
+        time.sleep(0.25)
+
+
+def artifacts(api: PrefectApi, run_id: str) -> dict[str, dict[str, Any]]:
+    found = api.post("/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run_id]}}})
+    return {a["key"]: a for a in found}
+
+
+def codepoints(fs: s3fs.S3FileSystem, path: str) -> list[int]:
+    return sorted(json.loads(line)["codepoint"] for line in fs.cat(path).decode().splitlines() if line.strip())
+
+
+def test_prefect_yaml_deploys_both_demos(prefect_api: PrefectApi, deployments: dict[str, dict[str, Any]]) -> None:
+    assert set(deployments) == {"char-codes", "utterance-emotion"}
+    assert prefect_api.get("/work_pools/local")["type"] == "process"
+    pull = [{"prefect.deployments.steps.set_working_directory": {"directory": "{{ $GBATCH_REPO }}"}}]
+    for name, entrypoint in (("char-codes", "flows/char_codes.py:char_codes_flow"),
+                             ("utterance-emotion", "flows/utterance_emotion.py:utterance_emotion_flow")):
+        deployment = deployments[name]
+        assert deployment["entrypoint"] == entrypoint
+        assert deployment["work_pool_name"] == "local"
+        assert deployment["pull_steps"] == pull  # resolved on the worker, from its environment
+        assert deployment["parameters"]["options"]["task_dir"]
+        assert deployment["schedules"] and all(s["active"] for s in deployment["schedules"])
+        assert prefect_api.get(f"/flows/{deployment['flow_id']}")["name"] == name
+    assert deployments["char-codes"]["parameters"]["params"]["char_ranges"]
+
+
+def test_worker_runs_char_codes_on_s3(prefect_api: PrefectApi, deployments: dict[str, dict[str, Any]],
+                                      workers: Workers, emulator: EmulatorProcess, s3: Any) -> None:
+    moto, bucket = s3
+    workers.start()
+    parameters = run_parameters(emulator, f"s3://{bucket}/first", max_batch_requests=9)
+    # Triggered as the README does it; the CLI prints the new run's id.
+    out = prefect_api.cli("deployment", "run", "char-codes/char-codes", "--params", json.dumps(parameters)).stdout
+    run_id = re.search(r"UUID:\s*([0-9a-f-]{36})", out).group(1)
+    run = wait_state(prefect_api, run_id, "COMPLETED", workers)
+
+    fs = s3fs.S3FileSystem(**moto.storage_options)
+    assert codepoints(fs, f"{bucket}/first/char_codes/char_codes_output.jsonl") == CODEPOINTS
+    assert run["name"] == f"char_codes-{run_id.replace('-', '')[:12]}"
+    found = artifacts(prefect_api, run_id)
+    assert float(found["char-codes-progress"]["data"]) == pytest.approx(100.0)
+    assert len(found["char-codes-batches"]["data"] if isinstance(found["char-codes-batches"]["data"], list)
+               else json.loads(found["char-codes-batches"]["data"])) == 3
+    assert f"s3://{bucket}/first/char_codes" in found["char-codes-summary"]["data"]
+    assert "(26 records)" in found["char-codes-summary"]["data"]
+    stats = emulator.stats()
+    assert stats["batches_created"] == 3 and set(stats["batches_by_local_id"].values()) == {1}
+
+
+def test_killed_worker_then_retry_finishes_without_duplicates(
+        prefect_api: PrefectApi, deployments: dict[str, dict[str, Any]], workers: Workers,
+        emulator: EmulatorProcess, s3: Any) -> None:
+    moto, bucket = s3
+    fs = s3fs.S3FileSystem(**moto.storage_options)
+    task_url = f"s3://{bucket}/second/char_codes"
+    output = f"{bucket}/second/char_codes/char_codes_output.jsonl"
+    deployment = deployments["char-codes"]
+    parameters = run_parameters(emulator, f"s3://{bucket}/second", max_batch_requests=3, max_remote_batches=3)
+    if not workers.started or workers.started[-1].proc.poll() is not None:
+        workers.start()
+    before = emulator.stats()
+
+    # 1. A run whose batches stay in flight (emulator gate closed) ...
+    emulator.close_gate()
+    run_b = trigger(prefect_api, deployment, parameters)
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while emulator.stats()["batches_created"] - before["batches_created"] < 2:
+        assert time.monotonic() < deadline, workers.started[-1].log_tail()
+        time.sleep(0.05)
+
+    # 2. ... so a second run of the same task, on the same worker, is refused by its lease: Cancelled, naming it.
+    run_c = trigger(prefect_api, deployment, parameters)
+    cancelled = wait_state(prefect_api, run_c, "CANCELLED", workers)
+    assert "lease" in cancelled["state"]["message"]
+
+    # 3. The worker and its flow-run process are killed mid-run. The server still thinks run B is running.
+    killed = workers.started[-1].kill()
+    assert len(killed) >= 2, "the flow-run process was not among the killed processes"
+    assert not any(is_running(pid) for pid in killed)
+    emulator.open_gate()
+    assert prefect_api.get(f"/flow_runs/{run_b}")["state"]["type"] == "RUNNING"
+    assert json.loads(fs.cat(f"{bucket}/second/char_codes/lease.json"))["released"] is False
+    assert not fs.exists(output)
+
+    # 4. The operator made sure run B is dead (it is) and removes its lease, as the refusal message advises
+    #    (else the next run waits for the lease to expire, <= 60 s); `prefect flow-run retry` of the refused run,
+    #    on a new worker, resumes the task from its manifest and finishes it.
+    fs.rm(f"{bucket}/second/char_codes/lease.json")
+    workers.start()
+    prefect_api.cli("flow-run", "retry", run_c)
+    wait_state(prefect_api, run_c, "COMPLETED", workers)
+    assert codepoints(fs, output) == CODEPOINTS  # every record once
+    after = emulator.stats()
+    pushed = {k: n - before["batches_by_local_id"].get(k, 0) for k, n in after["batches_by_local_id"].items()}
+    batches = [k for k in open_store(task_url, storage_options=moto.storage_options).load().sections
+               if k.startswith("batch/")]
+    assert {k: n for k, n in pushed.items() if n} == {str(i): 1 for i in range(1, 10)}  # no batch pushed twice
+    assert after["batches_created"] - before["batches_created"] == len(batches) == 9
+
+    # 5. One more triggered run finds the task finished: nothing sent, output unchanged.
+    data = fs.cat(output)
+    run_d = trigger(prefect_api, deployment, parameters)
+    wait_state(prefect_api, run_d, "COMPLETED", workers)
+    assert fs.cat(output) == data
+    assert emulator.stats()["batches_created"] == after["batches_created"]
+
+
+def test_no_secret_reaches_the_server(prefect_api: PrefectApi, deployments: dict[str, dict[str, Any]],
+                                      workers: Workers) -> None:
+    """The workers' environment held the (dummy) OpenAI key; no parameter or job variable stored has it."""
+    assert DUMMY_KEY in workers.env.values()
+    runs = prefect_api.post("/flow_runs/filter", {})
+    assert len(runs) >= 4
+    for run in runs:
+        assert DUMMY_KEY not in dumps(run["parameters"]) and DUMMY_KEY not in dumps(run.get("job_variables"))
+    for deployment in prefect_api.post("/deployments/filter", {}):
+        assert DUMMY_KEY not in dumps(deployment["parameters"])
+        assert DUMMY_KEY not in dumps(deployment.get("job_variables"))
