@@ -149,7 +149,13 @@ class BatchRecord(_Model):
     request_counts: dict[str, int] = Field(default_factory=dict)
     results_ref: dict[str, Any] | None = None
     output_ref: dict[str, Any] | None = None
-    failed_ref: dict[str, Any] | None = None
+    failed_ref: dict[str, Any] | None = None  # requests that failed for good, with the reason
+    failure_output_ref: dict[str, Any] | None = None  # their records from process_failure (dropped by wipe_failed)
+    direct_sent: int = 0  # direct mode: requests (a prefix of the file) whose calls were started...
+    direct_done: int = 0  # ...and those whose results are committed in direct_parts
+    direct_parts: list[dict[str, Any]] = Field(default_factory=list)
+    extra_reserved: Spend = Field(default_factory=Spend)  # re-sending calls lost in a crash
+    lost_spend: Spend = Field(default_factory=Spend)  # worst case of calls lost in a crash (charged, never known)
     outcomes: Outcomes = Field(default_factory=Outcomes)
     usage: Usage = Field(default_factory=Usage)
     cost: float = 0.0

@@ -17,17 +17,19 @@ from typing import Any
 import openai
 import orjson
 
-from gbatch_flows import api
+from gbatch_flows import api, costs
+from gbatch_flows.engine import limits
 from gbatch_flows.engine.context import Engine
 from gbatch_flows.engine.pacer import Pacer, parse_reset
 from gbatch_flows.engine.push import reserve_and_mark
-from gbatch_flows.engine.state import Changes
+from gbatch_flows.engine.state import TOTALS, Changes, session_key
 from gbatch_flows.models import BatchRecord
 from gbatch_flows.store import BlobRef
 
 log = logging.getLogger("gbatch_flows.direct")
 
 MAX_ATTEMPTS = 6
+CHUNK_PER_SLOT = 4  # requests per concurrency slot between two commits
 
 
 class DirectStats:
@@ -112,11 +114,8 @@ def _line(custom_id: str, status: int | None, body: Any, error: dict[str, Any] |
     return orjson.dumps({"id": f"direct_{custom_id}", "custom_id": custom_id, "response": response, "error": error})
 
 
-async def _run_batch(engine: Engine, batch: BatchRecord, pacer: Pacer, stats: DirectStats,
-                     client: openai.AsyncOpenAI) -> list[bytes]:
-    store = engine.store
-    items = [orjson.loads(raw) for raw in store.iter_lines(BlobRef.model_validate(batch.input_ref))]
-    sides = [orjson.loads(raw) for raw in store.iter_lines(BlobRef.model_validate(batch.sidecar_ref))]
+async def _run_lines(engine: Engine, batch: BatchRecord, items: list[dict], sides: list[dict], pacer: Pacer,
+                     stats: DirectStats, client: openai.AsyncOpenAI) -> list[bytes]:
     runner = DirectRunner(engine, pacer, stats)
     sem = asyncio.Semaphore(max(1, engine.options.max_direct_concurrency))
     return await asyncio.gather(*(
@@ -137,8 +136,6 @@ def run_direct(engine: Engine, pacer: Pacer | None = None, stats: DirectStats | 
 async def _run_batches(engine: Engine, pacer: Pacer, stats: DirectStats) -> list[int]:
     """The batches one after the other in one event loop with one client: a new client per batch cost ~45 ms
     (its SSL context) plus new connections, time the pacer cannot make up (it never bursts)."""
-    from gbatch_flows.engine import limits
-
     ran: list[int] = []
     client: openai.AsyncOpenAI | None = None
     try:
@@ -151,11 +148,9 @@ async def _run_batches(engine: Engine, pacer: Pacer, stats: DirectStats) -> list
                     log.info("direct batch %d waits: %s reached", batch.local_id, refusal)
                     break
                 batch = reserve_and_mark(engine, batch, "pushing")
-            started = time.time()
             if client is None:
                 client = engine.async_client()
-            lines = await _run_batch(engine, batch, pacer, stats, client)
-            _commit_ran(engine, batch, started, lines)
+            await _run_batch(engine, batch, pacer, stats, client)
             ran.append(batch.local_id)
     finally:
         if client is not None:
@@ -163,11 +158,83 @@ async def _run_batches(engine: Engine, pacer: Pacer, stats: DirectStats) -> list
     return ran
 
 
-def _commit_ran(engine: Engine, batch: BatchRecord, started: float, lines: list[bytes]) -> None:
-    ref = engine.store.put_blob(f"results/{batch.local_id:06d}.jsonl", [b"\n".join(lines) + b"\n"])
-    changes = Changes()
-    changes.batch(engine.state.batches[batch.local_id].model_copy(update={
+async def _run_batch(engine: Engine, batch: BatchRecord, pacer: Pacer, stats: DirectStats,
+                     client: openai.AsyncOpenAI) -> None:
+    """Send a direct batch in chunks: commit "sent up to k" before a chunk and its results after it, so that a
+    crash re-sends at most one chunk, whose calls are charged at their worst case and reserved again."""
+    store = engine.store
+    items = [orjson.loads(raw) for raw in store.iter_lines(BlobRef.model_validate(batch.input_ref))]
+    sides = [orjson.loads(raw) for raw in store.iter_lines(BlobRef.model_validate(batch.sidecar_ref))]
+    started = time.time()
+    if batch.direct_sent > batch.direct_done:
+        batch = _recover_lost_calls(engine, batch, items, sides)
+    chunk = max(1, engine.options.max_direct_concurrency) * CHUNK_PER_SLOT
+    while batch.direct_done < len(items):
+        lo = batch.direct_done
+        hi = min(len(items), lo + chunk)
+        batch = _commit_batch(engine, batch, {"direct_sent": hi}, f"direct batch {batch.local_id}: sending {lo}-{hi}")
+        lines = await _run_lines(engine, batch, items[lo:hi], sides[lo:hi], pacer, stats, client)
+        batch = _commit_part(engine, batch, lines, hi)
+    ref = store.put_blob(f"results/{batch.local_id:06d}.jsonl", _concat_parts(engine, batch))
+    _commit_batch(engine, batch, {
         "state": "done", "remote_status": "completed", "results_ref": ref.model_dump(mode="json"),
-        "pushed_at": started, "finished_at": time.time(),
-    }))
-    engine.commit(changes, f"direct batch {batch.local_id} ran ({len(lines)} requests)")
+        "pushed_at": batch.pushed_at or started, "finished_at": time.time(),
+    }, f"direct batch {batch.local_id} ran ({len(items)} requests)")
+
+
+def _commit_batch(engine: Engine, batch: BatchRecord, update: dict[str, Any], message: str) -> BatchRecord:
+    changes = Changes()
+    updated = engine.state.batches[batch.local_id].model_copy(update=update)
+    changes.batch(updated)
+    engine.commit(changes, message)
+    return updated
+
+
+def _commit_part(engine: Engine, batch: BatchRecord, lines: list[bytes], done: int) -> BatchRecord:
+    ref = engine.store.put_blob(f"results/{batch.local_id:06d}.part{len(batch.direct_parts):05d}.jsonl",
+                                [b"\n".join(lines) + b"\n"])
+    return _commit_batch(engine, batch, {"direct_done": done,
+                                         "direct_parts": [*batch.direct_parts, ref.model_dump(mode="json")]},
+                         f"direct batch {batch.local_id}: results up to {done}")
+
+
+def _concat_parts(engine: Engine, batch: BatchRecord):
+    for ref in batch.direct_parts:
+        yield engine.store.read_blob(BlobRef.model_validate(ref))
+
+
+def _recover_lost_calls(engine: Engine, batch: BatchRecord, items: list[dict], sides: list[dict]) -> BatchRecord:
+    """Calls started before a crash whose results were never committed: they may have been billed. Charge their
+    worst case, then re-send them under a new reservation, or fail them when the limits cannot take it."""
+    lo, hi = batch.direct_done, batch.direct_sent
+    prices = engine.prices(batch.model)
+    lost = limits.Spend()
+    for side in sides[lo:hi]:
+        lost = lost + limits.Spend(requests=1, tokens=side["tokens"] + side["max_out"],
+                                   cost=costs.worst_case_cost(side["tokens"], side["max_out"], prices, "direct"))
+    state = engine.state
+    probe = batch.model_copy(update={"requests": lost.requests, "tokens": lost.tokens, "max_out": 0,
+                                     "worst_cost": lost.cost})
+    refusal = limits.spend_refusal(engine.options, state, engine.session_id, probe)
+    changes = Changes()
+    update: dict[str, Any] = {"lost_spend": batch.lost_spend + lost}
+    if refusal is None:
+        log.warning("direct batch %d: %d calls were in flight when a run stopped; re-sending them (charged at worst "
+                    "case $%.4f)", batch.local_id, hi - lo, lost.cost)
+        update["extra_reserved"] = batch.extra_reserved + lost
+        changes.set(TOTALS, limits.reserve(state.totals, lost))
+        changes.set(session_key(engine.session_id), limits.reserve(state.session(engine.session_id), lost))
+        update["direct_sent"] = lo
+    else:
+        log.warning("direct batch %d: %d calls lost in a crash are not re-sent: %s would be exceeded",
+                    batch.local_id, hi - lo, refusal)
+        error = {"code": "lost_in_crash", "message": f"sent before a crash; re-sending would exceed {refusal}"}
+        lines = [_line(item["custom_id"], 400, None, error, None) for item in items[lo:hi]]
+        ref = engine.store.put_blob(f"results/{batch.local_id:06d}.part{len(batch.direct_parts):05d}.jsonl",
+                                    [b"\n".join(lines) + b"\n"])
+        update["direct_parts"] = [*batch.direct_parts, ref.model_dump(mode="json")]
+        update["direct_done"] = hi
+    updated = engine.state.batches[batch.local_id].model_copy(update=update)
+    changes.batch(updated)
+    engine.commit(changes, f"direct batch {batch.local_id}: {hi - lo} calls lost in a crash")
+    return updated

@@ -112,20 +112,18 @@ def generate(engine: Engine, chunk_requests: int = CHUNK_REQUESTS) -> TaskState:
 
 
 def sent_keys(engine: Engine) -> set[str]:
-    """Keys of samples that have output, failed for good, or are in a batch already sent."""
+    """Keys of samples that must not be generated again: in any batch already sent (whatever came of it), or
+    still queued as retries or follow-ups."""
     keys: set[str] = set()
     store = engine.store
-    for batch in engine.state.batches.values():
-        refs = [batch.output_ref, batch.failed_ref]
-        if batch.state in ("pushing", "pushed", "done"):
-            refs.append(batch.sidecar_ref)
-        for ref in refs:
-            if ref is None:
-                continue
-            for raw in store.iter_lines(BlobRef.model_validate(ref)):
-                if raw.strip():
-                    obj = orjson.loads(raw)
-                    keys.add(obj["key"] if "key" in obj else obj["request"]["key"])
+    state = engine.state
+    refs = [b.sidecar_ref for b in state.batches.values() if b.state != "assembled"]
+    refs += [b.sidecar_ref for b in state.batches_in("assembled")]
+    refs += [seg.ref for seg in state.segments.values() if seg.origin != "generated"]
+    for ref in refs:
+        for raw in store.iter_lines(BlobRef.model_validate(ref)):
+            if raw.strip():
+                keys.add(orjson.loads(raw)["key"])
     return keys
 
 

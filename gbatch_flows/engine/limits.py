@@ -72,7 +72,13 @@ def spend_caps(options, state: TaskState, session_id: str) -> tuple[Caps, Caps]:
 
 
 def worst_spend(batch: BatchRecord) -> Spend:
+    """The batch's own worst case (what its push reserves)."""
     return Spend(requests=batch.requests, tokens=batch.tokens + batch.max_out, cost=batch.worst_cost)
+
+
+def reserved_spend(batch: BatchRecord) -> Spend:
+    """Everything reserved for the batch: its worst case plus re-sends of calls lost in a crash."""
+    return worst_spend(batch) + batch.extra_reserved
 
 
 def fits_spend(caps: Caps, spend: Spend) -> str | None:

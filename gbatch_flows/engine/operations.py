@@ -10,7 +10,7 @@ import orjson
 from gbatch_flows import api
 from gbatch_flows.engine.context import Engine
 from gbatch_flows.engine.generate import write_segment
-from gbatch_flows.engine.state import CURSOR, TASK, Changes, batch_key, segment_key
+from gbatch_flows.engine.state import TASK, Changes, batch_key, segment_key
 from gbatch_flows.store import BlobRef
 
 log = logging.getLogger("gbatch_flows.engine.operations")
@@ -37,25 +37,39 @@ def wipe_task(engine: Engine, output_path: str | None = None) -> None:
 
 
 def wipe_requests(engine: Engine) -> None:
-    """Drop requests not yet sent (queue and unpushed batches) so that they are generated again.
+    """Drop the generated requests not yet sent (queue and unpushed batches) so that they are generated again.
 
-    Samples already sent (or done) keep their results: regeneration skips their keys.
+    Samples already sent (or done) keep their results, and regeneration skips their keys. Retries and follow-ups
+    (which cannot be regenerated) stay queued: the ones in unpushed batches move to a new queue segment.
     """
     state = engine.state
     task = state.require_task()
     changes = Changes()
-    for index in state.segments:
-        changes.delete(segment_key(index))
+    kept: list[bytes] = []
+    kept_tokens = 0
     for batch in state.batches_in("assembled"):
+        inputs = engine.store.iter_lines(BlobRef.model_validate(batch.input_ref))
+        for side_raw, input_raw in zip(engine.store.iter_lines(BlobRef.model_validate(batch.sidecar_ref)), inputs):
+            side = orjson.loads(side_raw)
+            if side["retry"] or side["part"]:
+                side["payload"] = orjson.loads(input_raw)["body"]
+                kept.append(orjson.dumps(side))
+                kept_tokens += side["tokens"]
         changes.delete(batch_key(batch.local_id))
-    changes.delete(CURSOR)
-    changes.set(TASK, task.model_copy(update={
-        "generated": False, "generated_count": 0, "generated_requests": 0, "skip_sent_keys": True,
-        "next_segment": task.next_segment,
-    }))
+    dropped = 0
+    for index, segment in state.segments.items():
+        if segment.origin == "generated":
+            changes.delete(segment_key(index))
+            dropped += 1
+    update = {"generated": False, "generated_count": 0, "generated_requests": 0, "skip_sent_keys": True}
+    if kept:
+        index = task.next_segment
+        changes.set(segment_key(index), write_segment(engine, index, kept, kept_tokens, "retry"))
+        update["next_segment"] = index + 1
+    changes.set(TASK, task.model_copy(update=update))
     engine.commit(changes, "wipe unsent requests")
-    log.info("wiped %d queued segments and %d unpushed batches", len(state.segments),
-             len(state.batches_in("assembled")))
+    log.info("wiped %d generated segments and %d unpushed batches (%d retries/follow-ups kept)", dropped,
+             len(state.batches_in("assembled")), len(kept))
 
 
 def wipe_failed(engine: Engine) -> int:
@@ -74,7 +88,7 @@ def wipe_failed(engine: Engine) -> int:
                 request["retry"] = 0
                 tokens += request["tokens"]
                 lines.append(orjson.dumps(request))
-        changes.batch(batch.model_copy(update={"failed_ref": None}))
+        changes.batch(batch.model_copy(update={"failed_ref": None, "failure_output_ref": None}))
     if not lines:
         log.info("no failed requests to wipe")
         return 0

@@ -19,7 +19,8 @@ MERGE_FAN_IN = 128
 
 
 def output_parts(state: TaskState) -> list[BlobRef]:
-    return [BlobRef.model_validate(b.output_ref) for b in state.batches.values() if b.output_ref is not None]
+    return [BlobRef.model_validate(ref) for b in state.batches.values()
+            for ref in (b.output_ref, b.failure_output_ref) if ref is not None]
 
 
 def _keyed(store: Store, ref: BlobRef) -> Iterator[tuple[int, int, bytes]]:

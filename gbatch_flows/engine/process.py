@@ -62,6 +62,7 @@ class BatchOutcome:
     outcomes: Outcomes = field(default_factory=Outcomes)
     usage: Usage = field(default_factory=Usage)
     output: list[tuple[int, int, bytes]] = field(default_factory=list)
+    failure_output: list[tuple[int, int, bytes]] = field(default_factory=list)
     requeue: list[dict[str, Any]] = field(default_factory=list)
     failed: list[bytes] = field(default_factory=list)
     next_part: int = 0
@@ -132,10 +133,11 @@ class BatchProcessor:
             self.out.requeue.append(record)
             self.out.outcomes.followups += 1
 
-    def _records(self, request: Request, records: list[dict[str, Any]]) -> None:
+    def _records(self, request: Request, records: list[dict[str, Any]], failure: bool = False) -> None:
+        target = self.out.failure_output if failure else self.out.output
         for record in records:
             line = orjson.dumps({"seq": request.seq, "key": request.key, "part": request.part, "record": record})
-            self.out.output.append((request.seq, request.part, line))
+            target.append((request.seq, request.part, line))
 
     def _retry(self, request: Request, reason: str) -> None:
         if request.retry < self.options.max_retries:
@@ -147,7 +149,7 @@ class BatchProcessor:
     def _fail(self, request: Request, reason: str) -> None:
         self.out.outcomes.failed += 1
         self.out.failed.append(orjson.dumps({"request": request.model_dump(mode="json"), "reason": reason}))
-        self._records(request, self.engine.task.process_failure(request, reason, self.meta) or [])
+        self._records(request, self.engine.task.process_failure(request, reason, self.meta) or [], failure=True)
 
 
 @contextlib.contextmanager
@@ -193,8 +195,8 @@ def process(engine: Engine) -> list[int]:
             force_retry = f"batch failed: {_error_summary(batch)}"
         else:
             force_retry = None
-        process_batch(engine, batch, force_retry)
-        done.append(batch.local_id)
+        if process_batch(engine, batch, force_retry):
+            done.append(batch.local_id)
     return done
 
 
@@ -229,29 +231,38 @@ def _handle_failed_batch(engine: Engine, batch: BatchRecord) -> bool:
 
 def _release(engine: Engine, batch: BatchRecord, changes: Changes, actual: Spend) -> None:
     state = engine.state
-    reserved = limits.worst_spend(batch)
+    reserved = limits.reserved_spend(batch)
     changes.set(TOTALS, limits.settle(state.totals, reserved, actual))
     if batch.session:
         changes.set(session_key(batch.session), limits.settle(state.session(batch.session), reserved, actual))
 
 
-def process_batch(engine: Engine, batch: BatchRecord, force_retry: str | None = None) -> None:
+def process_batch(engine: Engine, batch: BatchRecord, force_retry: str | None = None) -> bool:
+    """Process one finished batch; False when its results could not be fetched yet (tried again later)."""
+    empty = False
     if batch.results_ref is not None:
         ref = BlobRef.model_validate(batch.results_ref)
     elif batch.output_file_id or batch.error_file_id:
         try:
             ref = download_results(engine, batch)
+        except openai.NotFoundError as exc:
+            log.warning("results of batch %d are gone from the server (%s): its requests will be retried",
+                        batch.local_id, api.describe_exception(exc))
+            empty = True
         except openai.OpenAIError as exc:
             log.warning("download of batch %d results failed, will retry: %s", batch.local_id,
                         api.describe_exception(exc))
-            return
+            return False
     else:
+        empty = True
+    if empty:
         ref = engine.store.put_blob(f"results/{batch.local_id:06d}.jsonl", [b""])
     with gc_paused():
         out = BatchProcessor(engine, batch, force_retry).run(read_results(engine, ref))
     _commit_processed(engine, batch, ref, out, failed_batch=force_retry is not None)
     if batch.mode == "batch":
         delete_remote_files(engine, batch)
+    return True
 
 
 def delete_remote_files(engine: Engine, batch: BatchRecord) -> None:
@@ -265,16 +276,23 @@ def delete_remote_files(engine: Engine, batch: BatchRecord) -> None:
             log.debug("could not delete remote file %s: %s", file_id, api.describe_exception(exc))
 
 
+def _part(store: Any, path: str, lines: list[tuple[int, int, bytes]]) -> BlobRef | None:
+    """An output part blob sorted by (seq, part), or None when there is nothing to write."""
+    if not lines:
+        return None
+    lines.sort(key=lambda t: (t[0], t[1]))
+    return store.put_blob(path, [b"\n".join(t[2] for t in lines) + b"\n"])
+
+
 def _commit_processed(engine: Engine, batch: BatchRecord, ref: BlobRef, out: BatchOutcome, failed_batch: bool) -> None:
     store = engine.store
     task = engine.state.require_task()
     changes = Changes()
     update: dict[str, Any] = {"next_part": out.next_part}
     name = f"{batch.local_id:06d}"
-    output_ref = failed_ref = None
-    if out.output:
-        out.output.sort(key=lambda t: (t[0], t[1]))
-        output_ref = store.put_blob(f"output/parts/{name}.jsonl", [b"\n".join(t[2] for t in out.output) + b"\n"])
+    output_ref = _part(store, f"output/parts/{name}.jsonl", out.output)
+    failure_output_ref = _part(store, f"output/failures/{name}.jsonl", out.failure_output)
+    failed_ref = None
     if out.failed:
         failed_ref = store.put_blob(f"failed/{name}.jsonl", [b"\n".join(out.failed) + b"\n"])
     if out.requeue:
@@ -291,11 +309,13 @@ def _commit_processed(engine: Engine, batch: BatchRecord, ref: BlobRef, out: Bat
     update["consecutive_pass_failures"] = 0 if passed else task.consecutive_pass_failures + 1
     if failed_batch:
         update["failed_batches_processed"] = task.failed_batches_processed + 1
-    _release(engine, batch, changes, Spend(requests=batch.requests, tokens=out.usage.total, cost=cost))
+    actual = Spend(requests=batch.requests, tokens=out.usage.total, cost=cost) + batch.lost_spend
+    _release(engine, batch, changes, actual)
     changes.batch(batch.model_copy(update={
         "state": "processed", "results_ref": ref.model_dump(mode="json"),
         "output_ref": output_ref.model_dump(mode="json") if output_ref else None,
         "failed_ref": failed_ref.model_dump(mode="json") if failed_ref else None,
+        "failure_output_ref": failure_output_ref.model_dump(mode="json") if failure_output_ref else None,
         "outcomes": out.outcomes, "usage": out.usage, "cost": cost, "passed": passed, "processed_at": time.time(),
     }))
     changes.set(TASK, task.model_copy(update=update))

@@ -43,6 +43,17 @@ def find_remote(engine: Engine, batch: BatchRecord) -> str | None:
     return None
 
 
+def adopt_pushing(engine: Engine) -> int:
+    """Adopt the remote twins of batches a crashed run left ``pushing``; creates nothing. Returns how many."""
+    adopted = 0
+    for batch in engine.state.batches_in("pushing"):
+        if batch.mode == "batch" and (remote_id := find_remote(engine, batch)) is not None:
+            remote = engine.client.batches.retrieve(remote_id)
+            _commit_pushed(engine, batch, remote_id, remote.input_file_id, remote.status)
+            adopted += 1
+    return adopted
+
+
 def push(engine: Engine) -> str | None:
     """Push assembled batches while the limits allow; returns the limit that stopped pushing (or None)."""
     for batch in engine.state.batches_in("pushing"):

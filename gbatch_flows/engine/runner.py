@@ -19,7 +19,7 @@ from gbatch_flows.engine.generate import generate
 from gbatch_flows.engine.pacer import Pacer
 from gbatch_flows.engine.poll import poll
 from gbatch_flows.engine.process import process
-from gbatch_flows.engine.push import push
+from gbatch_flows.engine.push import adopt_pushing, push
 from gbatch_flows.engine.state import TaskState
 
 log = logging.getLogger("gbatch_flows.engine.runner")
@@ -50,6 +50,10 @@ def counts(state: TaskState) -> dict[str, int]:
     out["failed"] = sum(b.outcomes.failed for b in processed)
     out["retried"] = sum(b.outcomes.retried for b in processed)
     return out
+
+
+def has_direct_work(state: TaskState) -> bool:
+    return any(b.mode == "direct" for b in state.batches_in("assembled", "pushing"))
 
 
 def choose_mode(engine: Engine) -> str:
@@ -101,12 +105,13 @@ class Runner:
         while True:
             progressed = bool(process(engine))
             if not options.only_process:
-                mode = choose_mode(engine)
-                progressed |= bool(assemble(engine, mode))
-                if mode == "direct":
+                progressed |= bool(assemble(engine, choose_mode(engine)))
+                if has_direct_work(engine.state):  # also direct batches a crashed run left behind
                     progressed |= bool(run_direct(engine, self.pacer, self.direct_stats))
                 if engine.state.batches_in("assembled", "pushing"):
                     push(engine)
+            elif engine.state.batches_in("pushing"):
+                adopt_pushing(engine)
             report = poll(engine)
             progressed |= bool(report.finished)
             if self.on_tick:
@@ -114,9 +119,12 @@ class Runner:
             state = engine.state
             if is_finished(state):
                 return RunSummary("finished", "all requests processed", state.generation, counts(state))
-            if options.only_process and not state.batches_in("pushing", "pushed", "done"):
-                return RunSummary("stopped", "only_process: no remote batch left to wait for", state.generation,
-                                  counts(state))
+            if options.only_process and not state.batches_in("pushed", "done"):
+                reason = "only_process: no remote batch left to wait for"
+                if state.batches_in("pushing"):
+                    reason += (f" ({len(state.batches_in('pushing'))} batch(es) were never created remotely: run "
+                               "without --only_process to push them)")
+                return RunSummary("stopped", reason, state.generation, counts(state))
             reason = blocked_reason(engine)
             if reason and not progressed:
                 return RunSummary("stopped", f"{reason} reached: nothing more can be sent in this session",
