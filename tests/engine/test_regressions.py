@@ -18,7 +18,7 @@ from gbatch_flows.engine.protocol import Processed, Result
 from gbatch_flows.engine.push import push
 from gbatch_flows.engine.runner import Runner, run_engine
 
-from .conftest import EchoTask, emulator, engine_for, make_options  # noqa: F401
+from .conftest import EchoTask, engine_for, make_options
 
 
 def out_records(engine) -> list[dict]:
