@@ -39,7 +39,14 @@ from gbatch_flows.engine.generate import generate
 from gbatch_flows.engine.poll import poll
 from gbatch_flows.engine.process import process
 from gbatch_flows.engine.push import push
-from gbatch_flows.engine.runner import RunSummary, blocked_reason, choose_mode, counts, is_finished
+from gbatch_flows.engine.runner import (
+    RunSummary,
+    blocked_reason,
+    choose_mode,
+    counts,
+    has_direct_work,
+    is_finished,
+)
 from gbatch_flows.launch import api_endpoint, open_engine, prepare, task_url
 from gbatch_flows.monitor import make_monitor
 from gbatch_flows.options import Options, redact_mapping
@@ -156,8 +163,8 @@ class _Artifacts:
 
     def __init__(self, task_name: str):
         self.key = task_name.lower().replace("_", "-")
-        self.progress_id = create_progress_artifact(0.0, key=f"{self.key}-progress",
-                                                    description=f"{task_name}: requests done / generated")
+        self.progress_id: Any = create_progress_artifact(0.0, key=f"{self.key}-progress",
+                                                         description=f"{task_name}: requests done / generated")
 
     def update(self, engine: Engine) -> None:
         figures = reporting.metrics(engine.state, engine.session_id)
@@ -167,7 +174,8 @@ class _Artifacts:
         state = engine.state
         rows = reporting.batch_rows(state)
         if rows:
-            create_table_artifact(rows, key=f"{self.key}-batches", description="batches: status, requests, tokens, cost")
+            create_table_artifact(rows, key=f"{self.key}-batches",
+                                  description="batches: status, requests, tokens, cost")
         create_markdown_artifact(
             f"## {state.require_task().name}: {summary.status}\n\n{summary.reason}\n\n"
             f"- {reporting.summary_line(state, engine.session_id)}\n- output: `{output_url}` ({records} records)\n",
@@ -243,7 +251,7 @@ def _loop(engine: Engine, token: str, url: str, options: Options, artifacts: _Ar
         progressed = bool(stage(process_stage, "process")["result"])
         if not options.only_process:
             progressed |= bool(stage(assemble_stage, "assemble")["result"])
-            if choose_mode(engine) == "direct" or any(b.mode == "direct" for b in engine.state.batches_in("assembled")):
+            if has_direct_work(engine.state):
                 progressed |= bool(stage(direct_stage, "direct")["result"])
             if engine.state.batches_in("assembled", "pushing"):
                 stage(push_stage, "push")
