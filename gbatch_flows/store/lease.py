@@ -242,6 +242,23 @@ class Lease:
         self.release()
 
 
+def _holder_is_dead(record: LeaseRecord) -> bool:
+    """True when the holder ran on this host and its process is gone (killed, crashed): its lease is void.
+
+    A holder on another host, or a live pid (possibly reused by another program), counts as alive.
+    """
+    if record.host != socket.gethostname() or record.pid == os.getpid():
+        return False
+    try:
+        os.kill(record.pid, 0)
+    except ProcessLookupError:
+        log.warning("the lease holder %s (pid %d on this host) is gone: taking its lease over", record.owner, record.pid)
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def acquire_lease(store: Store, *, ttl_s: float = 60, owner: str | None = None, renew: bool = True) -> Lease:
     """Take the lease of ``store``'s task, taking over an expired or released one; LeaseHeld if it is live."""
     if not ttl_s > 0:
@@ -259,6 +276,7 @@ def acquire_lease(store: Store, *, ttl_s: float = 60, owner: str | None = None, 
             and not current.released
             and current.expires_at > now
             and current.owner != owner
+            and not _holder_is_dead(current)
         ):
             raise LeaseHeld(
                 _held_message(store.url, current, now), holder=current.owner, expires_at=current.expires_at
