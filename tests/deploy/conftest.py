@@ -26,7 +26,7 @@ import pytest
 from gbatch_flows.testing.moto import MotoS3, moto_s3_server
 
 REPO = Path(__file__).resolve().parents[2]
-PREFECT = str(Path(sys.executable).with_name("prefect"))
+PREFECT = [sys.executable, "-m", "prefect"]  # the CLI of the Prefect installed with these tests
 DUMMY_KEY = "sk-test-dummy-deploy-e2e-7f3a"
 START_TIMEOUT_S = 120.0
 RUN_TIMEOUT_S = 120.0
@@ -92,6 +92,11 @@ class Service:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         self.proc.wait(timeout=30)
+        deadline = time.monotonic() + 30  # SIGKILL is asynchronous: wait until every process is gone
+        while any(is_running(pid) for pid in tree):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"processes of {self.name} survived SIGKILL: {tree}")
+            time.sleep(0.02)
         return tree
 
     def stop(self, grace_s: float = 10.0) -> None:
@@ -146,7 +151,7 @@ class PrefectApi:
         return clean_env(PREFECT_API_URL=self.url, PREFECT_HOME=str(self.home), **extra)
 
     def cli(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run([PREFECT, "--no-prompt", *args], env=self.env(), cwd=REPO, text=True,
+        done = subprocess.run([*PREFECT, "--no-prompt", *args], env=self.env(), cwd=REPO, text=True,
                               capture_output=True, timeout=timeout)
         assert done.returncode == 0, f"prefect {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
         return done
@@ -181,7 +186,7 @@ def prefect_api(e2e_dir: Path) -> Iterator[PrefectApi]:
     api = PrefectApi(url=f"http://127.0.0.1:{port}/api", home=e2e_dir / "prefect-home", logs=e2e_dir)
     env = clean_env(PREFECT_HOME=str(api.home), PREFECT_UI_ENABLED="false",
                     PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED="false")
-    server = Service("prefect-server", [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+    server = Service("prefect-server", [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
                      env, e2e_dir)
     try:
         wait_http(f"{api.url}/health", server)
@@ -241,7 +246,7 @@ class Workers:
 
     def start(self) -> Service:
         name = f"worker-{len(self.started) + 1}"
-        worker = Service(name, [PREFECT, "worker", "start", "--pool", "local", "--name", name], self.env,
+        worker = Service(name, [*PREFECT, "worker", "start", "--pool", "local", "--name", name], self.env,
                          self.log_dir)
         self.started.append(worker)
         return worker
