@@ -17,7 +17,9 @@ import hashlib
 import json
 import logging
 import os
+import time
 import uuid
+from dataclasses import asdict
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -36,17 +38,9 @@ from gbatch_flows.engine.assemble import assemble
 from gbatch_flows.engine.context import Engine, EngineStop
 from gbatch_flows.engine.direct import run_direct
 from gbatch_flows.engine.generate import generate
-from gbatch_flows.engine.poll import poll
 from gbatch_flows.engine.process import process
-from gbatch_flows.engine.push import push
-from gbatch_flows.engine.runner import (
-    RunSummary,
-    blocked_reason,
-    choose_mode,
-    counts,
-    has_direct_work,
-    is_finished,
-)
+from gbatch_flows.engine.push import adopt_pushing, push
+from gbatch_flows.engine.runner import Runner, RunSummary, Stages, WaitResult, choose_mode, counts, wait_for_batches
 from gbatch_flows.launch import api_endpoint, open_engine, prepare, task_url
 from gbatch_flows.monitor import make_monitor
 from gbatch_flows.options import Options, redact_mapping
@@ -99,6 +93,8 @@ def _run_stage(token: str, stage: str) -> dict[str, Any]:
         out = push(engine)
     elif stage == "direct":
         out = run_direct(engine)
+    elif stage == "adopt":
+        out = adopt_pushing(engine)
     else:
         raise ValueError(stage)
     return {"stage": stage, "result": out, "generation": engine.state.generation}
@@ -141,21 +137,9 @@ def direct_stage(token: str, stage: str, url: str, generation: int, revision: st
 @task(name="wait-for-batches", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[5, 30, 60])
 def wait_stage(token: str, url: str, max_wait_s: float | None) -> dict[str, Any]:
     """Poll with back-off until a remote batch finishes (or the wait budget is used); sleeps, never spins."""
-    import time
-
     engine = _ENGINES[token]
-    options = engine.options
-    wait, waited = options.poll_interval_min_s, 0.0
-    while True:
-        engine.refresh()
-        report = poll(engine)
-        if report.finished or not engine.state.batches_in("pushed"):
-            return {"finished": report.finished, "waited_s": waited, "in_flight": report.in_flight}
-        if max_wait_s is not None and waited >= max_wait_s:
-            return {"finished": [], "waited_s": waited, "in_flight": report.in_flight, "timeout": True}
-        time.sleep(wait)
-        waited += wait
-        wait = min(options.poll_interval_max_s, wait * 1.5)
+    engine.refresh()
+    return asdict(wait_for_batches(engine, time.sleep, max_wait_s))
 
 
 class _Artifacts:
@@ -219,7 +203,7 @@ def run_task_flow(task_obj: Task, options: Options, session_id: str | None = Non
                 return RunSummary("stopped", "no_run: maintenance done", engine.state.generation, counts(engine.state))
             monitor.start({"task": task_obj.name, "session": session, "task_dir": url})
             artifacts = _Artifacts(task_obj.name)
-            summary = _loop(engine, token, url, options, artifacts, monitor)
+            summary = Runner(engine, stages=PrefectStages(engine, token, url, options, artifacts, monitor)).run()
             out_url, n = finish_output(engine, task_obj)
             artifacts.final(engine, summary, out_url, n)
             logger.info("%s: %s (%s); output %s (%d records)", summary.status, summary.reason,
@@ -233,43 +217,50 @@ def run_task_flow(task_obj: Task, options: Options, session_id: str | None = Non
             opened.__exit__(None, None, None)
 
 
-def _loop(engine: Engine, token: str, url: str, options: Options, artifacts: _Artifacts, monitor: Any) -> RunSummary:
-    opts_hash = _options_hash(options)
+class PrefectStages(Stages):
+    """The engine's run loop (``Runner``) with each stage run as a Prefect task, then artifacts and metrics."""
 
-    def stage(fn: Any, name: str) -> dict[str, Any]:
-        state = engine.refresh()
-        result = fn(token, name, url, state.generation, state.manifest.sha256, engine.session_id, opts_hash)
+    def __init__(self, engine: Engine, token: str, url: str, options: Options, artifacts: _Artifacts, monitor: Any):
+        super().__init__(engine)
+        self.token, self.url, self.artifacts, self.monitor = token, url, artifacts, monitor
+        self.opts_hash = _options_hash(options)
+
+    def _call(self, fn: Any, name: str) -> Any:
+        state = self.engine.refresh()
+        result = fn(self.token, name, self.url, state.generation, state.manifest.sha256, self.engine.session_id,
+                    self.opts_hash)
+        self._report()
+        return result["result"]
+
+    def _report(self) -> None:
+        engine = self.engine
         engine.refresh()
-        artifacts.update(engine)
-        monitor.log(reporting.metrics(engine.state, engine.session_id))
-        monitor.log_batch_states(reporting.batch_states(engine.state))
-        return result
+        self.artifacts.update(engine)
+        self.monitor.log(reporting.metrics(engine.state, engine.session_id))
+        self.monitor.log_batch_states(reporting.batch_states(engine.state))
 
-    if not options.only_process:
-        stage(generate_stage, "generate")
-    while True:
-        progressed = bool(stage(process_stage, "process")["result"])
-        if not options.only_process:
-            progressed |= bool(stage(assemble_stage, "assemble")["result"])
-            if has_direct_work(engine.state):
-                progressed |= bool(stage(direct_stage, "direct")["result"])
-            if engine.state.batches_in("assembled", "pushing"):
-                stage(push_stage, "push")
-        state = engine.refresh()
-        if is_finished(state):
-            return RunSummary("finished", "all requests processed", state.generation, counts(state))
-        if options.only_process and not state.batches_in("pushing", "pushed", "done"):
-            return RunSummary("stopped", "only_process: no remote batch left", state.generation, counts(state))
-        reason = blocked_reason(engine)
-        if reason and not progressed:
-            return RunSummary("stopped", f"{reason} reached: nothing more can be sent in this session",
-                              state.generation, counts(state))
-        if state.batches_in("done") or progressed:
-            continue
-        waited = wait_stage(token, url, options.max_poll_wait_s)
-        if waited.get("timeout"):
-            state = engine.refresh()
-            return RunSummary("waiting", "batches still running; run again to resume", state.generation, counts(state))
+    def generate(self) -> None:
+        self._call(generate_stage, "generate")
+
+    def process(self) -> list[int]:
+        return self._call(process_stage, "process")
+
+    def assemble(self, mode: str) -> list[int]:
+        return self._call(assemble_stage, "assemble")
+
+    def direct(self) -> list[int]:
+        return self._call(direct_stage, "direct")
+
+    def push(self) -> None:
+        self._call(push_stage, "push")
+
+    def adopt(self) -> None:
+        self._call(push_stage, "adopt")
+
+    def wait(self, max_wait_s: float | None) -> WaitResult:
+        result = WaitResult(**wait_stage(self.token, self.url, max_wait_s))
+        self._report()
+        return result
 
 
 def _flow_run_name(task_name: str):

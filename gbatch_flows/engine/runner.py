@@ -85,59 +85,123 @@ def blocked_reason(engine: Engine) -> str | None:
     return None
 
 
+@dataclass
+class WaitResult:
+    finished: list[int] = field(default_factory=list)
+    waited_s: float = 0.0
+    timed_out: bool = False
+    progress: dict[int, tuple[int, int]] = field(default_factory=dict)
+
+
+def wait_for_batches(engine: Engine, sleep: Callable[[float], None], max_wait_s: float | None) -> WaitResult:
+    """Poll with back-off until a remote batch finishes (or ``max_wait_s`` passes); sleeps, never spins.
+
+    With nothing remote to wait for (e.g. a push that failed and will be retried) it sleeps once and returns.
+    """
+    options = engine.options
+    wait, waited = options.poll_interval_min_s, 0.0
+    while True:
+        report = poll(engine)
+        if report.finished:
+            return WaitResult(report.finished, waited, False, report.progress)
+        if not engine.state.batches_in("pushed"):
+            sleep(wait)
+            return WaitResult([], waited + wait, False, report.progress)
+        if max_wait_s is not None and waited >= max_wait_s:
+            return WaitResult([], waited, True, report.progress)
+        sleep(wait)
+        waited += wait
+        wait = min(options.poll_interval_max_s, wait * 1.5)
+
+
+class Stages:
+    """The stage calls of a run, here as plain function calls; the Prefect flow overrides them to run each stage
+    as a Prefect task, and reuses the same loop (``Runner``)."""
+
+    def __init__(self, engine: Engine, sleep: Callable[[float], None] = time.sleep):
+        self.engine = engine
+        self.sleep = sleep
+        self.pacer = Pacer(engine.options.max_direct_rpm, engine.options.max_direct_tpm)
+        self.direct_stats = DirectStats()
+
+    def generate(self) -> None:
+        generate(self.engine)
+
+    def process(self) -> list[int]:
+        return process(self.engine)
+
+    def assemble(self, mode: str) -> list[int]:
+        return assemble(self.engine, mode)
+
+    def direct(self) -> list[int]:
+        return run_direct(self.engine, self.pacer, self.direct_stats)
+
+    def push(self) -> None:
+        push(self.engine)
+
+    def adopt(self) -> None:
+        adopt_pushing(self.engine)
+
+    def wait(self, max_wait_s: float | None) -> WaitResult:
+        return wait_for_batches(self.engine, self.sleep, max_wait_s)
+
+
+def verdict(engine: Engine, progressed: bool) -> RunSummary | None:
+    """How the run ends now (finished, or stopped by only_process or a spend limit), or None to go on."""
+    state = engine.state
+    options = engine.options
+    if is_finished(state):
+        return RunSummary("finished", "all requests processed", state.generation, counts(state))
+    if options.only_process and not state.batches_in("pushed", "done"):
+        reason = "only_process: no remote batch left to wait for"
+        if state.batches_in("pushing"):
+            reason += (f" ({len(state.batches_in('pushing'))} batch(es) were never created remotely: run "
+                       "without --only_process to push them)")
+        return RunSummary("stopped", reason, state.generation, counts(state))
+    blocked = blocked_reason(engine)
+    if blocked and not progressed:
+        return RunSummary("stopped", f"{blocked} reached: nothing more can be sent in this session",
+                          state.generation, counts(state))
+    return None
+
+
 class Runner:
     """Runs stages until the task is finished, a limit stops it, or (``max_poll_wait_s``) waiting is too long."""
 
     def __init__(self, engine: Engine, sleep: Callable[[float], None] = time.sleep,
-                 on_tick: Callable[[Engine, dict], None] | None = None):
+                 on_tick: Callable[[Engine, dict], None] | None = None, stages: Stages | None = None):
         self.engine = engine
-        self.sleep = sleep
         self.on_tick = on_tick
-        self.pacer = Pacer(engine.options.max_direct_rpm, engine.options.max_direct_tpm)
-        self.direct_stats = DirectStats()
+        self.stages = stages or Stages(engine, sleep)
+        self.pacer = self.stages.pacer
+        self.direct_stats = self.stages.direct_stats
 
     def run(self) -> RunSummary:
-        engine, options = self.engine, self.engine.options
+        engine, options, stages = self.engine, self.engine.options, self.stages
         if not options.only_process:
-            generate(engine)
-        wait = options.poll_interval_min_s
-        waited = 0.0
+            stages.generate()
         while True:
-            progressed = bool(process(engine))
+            progressed = bool(stages.process())
             if not options.only_process:
-                progressed |= bool(assemble(engine, choose_mode(engine)))
+                progressed |= bool(stages.assemble(choose_mode(engine)))
                 if has_direct_work(engine.state):  # also direct batches a crashed run left behind
-                    progressed |= bool(run_direct(engine, self.pacer, self.direct_stats))
+                    progressed |= bool(stages.direct())
                 if engine.state.batches_in("assembled", "pushing"):
-                    push(engine)
+                    stages.push()
             elif engine.state.batches_in("pushing"):
-                adopt_pushing(engine)
-            report = poll(engine)
-            progressed |= bool(report.finished)
+                stages.adopt()
+            engine.refresh()
+            if (summary := verdict(engine, progressed)) is not None:
+                return summary
+            waited = WaitResult()
+            if not progressed and not engine.state.batches_in("done"):
+                waited = stages.wait(options.max_poll_wait_s)
             if self.on_tick:
-                self.on_tick(engine, {"progress": report.progress})
-            state = engine.state
-            if is_finished(state):
-                return RunSummary("finished", "all requests processed", state.generation, counts(state))
-            if options.only_process and not state.batches_in("pushed", "done"):
-                reason = "only_process: no remote batch left to wait for"
-                if state.batches_in("pushing"):
-                    reason += (f" ({len(state.batches_in('pushing'))} batch(es) were never created remotely: run "
-                               "without --only_process to push them)")
-                return RunSummary("stopped", reason, state.generation, counts(state))
-            reason = blocked_reason(engine)
-            if reason and not progressed:
-                return RunSummary("stopped", f"{reason} reached: nothing more can be sent in this session",
-                                  state.generation, counts(state))
-            if progressed:
-                wait, waited = options.poll_interval_min_s, 0.0
-                continue
-            if options.max_poll_wait_s is not None and waited >= options.max_poll_wait_s:
-                return RunSummary("waiting", f"batches still running after {waited:.0f}s; run again to resume",
-                                  state.generation, counts(state))
-            self.sleep(wait)
-            waited += wait
-            wait = min(options.poll_interval_max_s, wait * 1.5)
+                self.on_tick(engine, {"progress": waited.progress})
+            if waited.timed_out:
+                state = engine.refresh()
+                return RunSummary("waiting", f"batches still running after {waited.waited_s:.0f}s; run again to "
+                                  "resume", state.generation, counts(state))
 
 
 def run_engine(engine: Engine, **kwargs) -> RunSummary:

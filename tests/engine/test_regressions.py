@@ -3,6 +3,7 @@ only_process adoption."""
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from typing import Any
 
@@ -86,7 +87,7 @@ def test_undownloadable_results_do_not_spin_forever(tmp_path, emulator):
                 raise Crash("run loop spun 200 times without sleeping or ending")
 
         try:
-            summary = Runner(engine, sleep=lambda s: None, on_tick=on_tick).run()
+            summary = Runner(engine, sleep=lambda s: time.sleep(min(s, 0.02)), on_tick=on_tick).run()
         except Crash as exc:
             pytest.fail(f"{exc}; batch state {engine.state.batches[1].state}")
     assert summary.status in ("finished", "error"), summary

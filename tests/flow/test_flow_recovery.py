@@ -84,16 +84,10 @@ def test_demo_killed_mid_run_resumes_without_duplicates(prefect_server: PrefectS
         before = newest_generation(folder)
         assert before > 0 and not (folder / "char_codes_output.jsonl").exists()
 
-        # The killed run's lease is still live: a new run is refused (Cancelled), naming the lease and the remedy.
+        # The killed run's lease has not expired, but its holder is dead (same host, pid gone): the next run takes
+        # it over at once instead of waiting for it to expire.
         lease = lease_record(folder)
         assert lease is not None and not lease["released"] and lease["pid"] == proc.pid
-        refused = char_codes.char_codes_flow(options=flow_options(tmp_path, emu), params={"char_ranges": RANGE},
-                                             return_state=True)
-        assert refused.is_cancelled() and "lease.json" in (refused.message or "")
-        assert newest_generation(folder) == before
-
-        # The operator made sure the run is dead (we did: SIGKILL, wait) and removes its lease, as advised.
-        (folder / "lease.json").unlink()
         done = subprocess.run(command, env=prefect_server.subprocess_env(), cwd=tmp_path, text=True,
                               capture_output=True, timeout=120)
         assert done.returncode == 0, done.stdout + done.stderr
