@@ -182,20 +182,19 @@ class IOCounts:
     files_written: int = 0
     by_prefix_read: dict[str, int] = field(default_factory=dict)
     by_prefix_written: dict[str, int] = field(default_factory=dict)
+    by_path_read: dict[str, int] = field(default_factory=dict)
 
     def add_read(self, path: str, n: int) -> None:
         self.read += n
         prefix = path.split("/", 1)[0]
         self.by_prefix_read[prefix] = self.by_prefix_read.get(prefix, 0) + n
+        self.by_path_read[path] = self.by_path_read.get(path, 0) + n
 
     def add_written(self, path: str, n: int) -> None:
         self.written += n
         self.files_written += 1
         prefix = path.split("/", 1)[0]
         self.by_prefix_written[prefix] = self.by_prefix_written.get(prefix, 0) + n
-
-    def reset(self) -> None:
-        self.__init__()  # type: ignore[misc]
 
 
 class _CountingReader:
@@ -300,6 +299,7 @@ STAGES = ("generate", "process", "assemble", "push", "poll", "run_direct")
 class Timing:
     seconds: float = 0.0
     cpu: float = 0.0  # CPU seconds of the engine process (all its threads) during the calls
+    peak_growth_mb: float = 0.0  # how much the process's peak RSS rose during the calls
     calls: int = 0
     first_start: float | None = None
     last_end: float | None = None
@@ -318,7 +318,7 @@ class StageTimer:
 
         @functools.wraps(fn)
         def timed(*args: Any, **kwargs: Any) -> Any:
-            start, cpu = time.perf_counter(), time.process_time()
+            start, cpu, peak = time.perf_counter(), time.process_time(), self_peak_rss_mb()
             if timing.first_start is None:
                 timing.first_start = start
             try:
@@ -326,6 +326,7 @@ class StageTimer:
             finally:
                 end = time.perf_counter()
                 timing.cpu += time.process_time() - cpu
+                timing.peak_growth_mb += self_peak_rss_mb() - peak
                 timing.seconds += end - start
                 timing.calls += 1
                 timing.last_end = end
@@ -352,6 +353,14 @@ class StageTimer:
 
 def fmt_mb(n: float) -> str:
     return f"{n / MB:,.1f} MB"
+
+
+def fmt_bytes(n: float) -> str:
+    if n < 10_000:
+        return f"{n:,.0f} B"
+    if n < 10 * MB:
+        return f"{n / 1000:,.0f} kB"
+    return fmt_mb(n)
 
 
 def print_table(rows: list[tuple[str, ...]], title: str = "") -> None:

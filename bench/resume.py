@@ -38,6 +38,7 @@ from _common import (  # noqa: E402
     StageTimer,
     bench_options,
     counting_stores,
+    fmt_bytes,
     fmt_mb,
     print_table,
     self_peak_rss_mb,
@@ -76,7 +77,7 @@ def resume(root: Path, n: int, base_url: str) -> dict[str, Any]:
 
     def mark(name: str) -> None:
         marks[name] = time.perf_counter()
-        reads[name] = dict(counts.by_prefix_read)
+        reads[name] = dict(counts.by_path_read)
 
     t0 = time.perf_counter()
     with counting_stores(counts), StageTimer() as timer:
@@ -112,12 +113,21 @@ def resume(root: Path, n: int, base_url: str) -> dict[str, Any]:
     }
 
 
-def size_by_folder(url: str) -> dict[str, int]:
+def file_sizes(url: str) -> dict[str, int]:
+    return {entry.path: entry.size for entry in open_store(url).backend.list_entries("")}
+
+
+def by_folder(sizes: dict[str, int], only: set[str] | None = None) -> dict[str, int]:
     out: dict[str, int] = {}
-    for entry in open_store(url).backend.list_entries(""):
-        top = entry.path.split("/", 1)[0]
-        out[top] = out.get(top, 0) + entry.size
+    for path, size in sizes.items():
+        if only is None or path in only:
+            top = path.split("/", 1)[0]
+            out[top] = out.get(top, 0) + size
     return out
+
+
+def minus(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    return {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
 
 
 def main() -> int:
@@ -137,7 +147,7 @@ def main() -> int:
     try:
         with EmulatorProcess("--batch-duration", "0") as emu:
             first = first_half(root, args.n, emu.base_url)
-            before = size_by_folder(first["url"])
+            before = file_sizes(first["url"])
             child = subprocess.run(
                 [sys.executable, __file__, "--phase", "resume", "--n", str(args.n), "--dir", str(root),
                  "--base-url", emu.base_url], capture_output=True, text=True, check=False)
@@ -169,18 +179,28 @@ def main() -> int:
             rows.append((label, f"{m[name]:.3f}", f"{m[name] - previous:.3f}"))
             previous = m[name]
     print_table(rows, f"resume timeline (imports before it: {second['import_s']:.2f} s)")
-    rows = [("folder", "in store before resume", "read until first commit", "read by the run", "read by output")]
-    first_reads = second["reads"].get("first_commit", {})
-    ran_reads, out_reads = second["reads"]["ran"], second["reads"]["output"]
-    for folder in sorted(set(before) | set(ran_reads)):
-        rows.append((folder, fmt_mb(before.get(folder, 0)), fmt_mb(first_reads.get(folder, 0)),
-                     fmt_mb(ran_reads.get(folder, 0)), fmt_mb(out_reads.get(folder, 0) - ran_reads.get(folder, 0))))
-    print_table(rows, "bytes read by the resume, by folder (cumulative until first commit; run; output merge)")
+    old = set(before)
+    reads = second["reads"]
+    start = reads.get("first_commit", reads["decided"])
+    run = minus(reads["ran"], start)
+    merge = minus(reads["output"], reads["ran"])
+    columns = {
+        "start (to 1st commit)": by_folder(start),
+        "run: older files": by_folder(run, old),
+        "run: own new files": by_folder(run, set(run) - old),
+        "output merge": by_folder(merge),
+    }
+    stored = by_folder(before)
+    rows = [("folder", "in store before", *columns)]
+    for folder in sorted(set(stored).union(*columns.values())):
+        rows.append((folder, fmt_bytes(stored.get(folder, 0)), *(fmt_bytes(c.get(folder, 0)) for c in columns.values())))
+    print_table(rows, "bytes read by the resume, by folder (older files = written before the resume)")
     total_before = sum(before.values())
-    run_read = sum(ran_reads.values())
-    print(f"\nthe resume's run read {fmt_mb(run_read)} = {run_read / total_before:.0%} of the {fmt_mb(total_before)} "
-          f"in the store before it (the output merge then reads every output part: "
-          f"{fmt_mb(second['read_total'] - run_read)}); {fmt_mb(disk)} in the store at the end")
+    reread = sum(by_folder(start).values()) + sum(by_folder(run, old).values())
+    print(f"\nbefore the output merge the resume read {fmt_mb(reread)} of files written before it = "
+          f"{reread / total_before:.0%} of the {fmt_mb(total_before)} stored then (segments past the cursor are "
+          f"unsent work and must be read); the output merge reads every output part ({fmt_mb(sum(merge.values()))}); "
+          f"{fmt_mb(disk)} in the store at the end")
     sent_once = stats["batch_requests_processed"] == n
     print(f"emulator: {stats['batches_created']} batches, {stats['batch_requests_processed']:,} batch requests over "
           f"both phases for {n:,} samples (each sent once: {'yes' if sent_once else 'NO'})")

@@ -45,7 +45,11 @@ def iter_queue(engine: Engine, state: TaskState) -> Iterator[QueuedLine]:
 
 @dataclass
 class Packer:
-    """Accumulates requests into one batch while every cap holds."""
+    """Accumulates requests into one batch while every cap holds.
+
+    The batch file and its sidecar grow as two byte buffers: a list of 50,000 ``orjson.dumps`` results would hold
+    about 4 kB each whatever their length (allocator slack), 400 MB for a full batch and its sidecar.
+    """
 
     caps: limits.Caps
     spend_caps: limits.Caps
@@ -53,15 +57,16 @@ class Packer:
     size_margin: float
     model: str | None = None
     endpoint: str | None = None
-    lines: list[bytes] = field(default_factory=list)
-    sidecar: list[bytes] = field(default_factory=list)
+    count: int = 0
+    body: bytearray = field(default_factory=bytearray)  # the batch input file: one line per request
+    sidecar: bytearray = field(default_factory=bytearray)  # the sidecar file, same order
     tokens: int = 0
     max_out: int = 0
     cost: float = 0.0
     size: int = 0
 
     def fits(self, tokens: int, max_out: int, cost: float, size: int) -> bool:
-        n = len(self.lines) + 1
+        n = self.count + 1
         t = (self.tokens + tokens) * (1 + self.token_margin)
         b = (self.size + size) * (1 + self.size_margin)
         c = self.cost + cost
@@ -71,8 +76,11 @@ class Packer:
         return n <= self.spend_caps.requests and total <= self.spend_caps.tokens and c <= self.spend_caps.cost + 1e-12
 
     def add(self, line: bytes, sidecar: bytes, tokens: int, max_out: int, cost: float) -> None:
-        self.lines.append(line)
-        self.sidecar.append(sidecar)
+        self.body += line
+        self.body += b"\n"
+        self.sidecar += sidecar
+        self.sidecar += b"\n"
+        self.count += 1
         self.tokens += tokens
         self.max_out += max_out
         self.cost += cost
@@ -113,13 +121,13 @@ def assemble(engine: Engine, mode: str = "batch", max_new: int | None = None) ->
             pending = None
             req = item.request
             model = req["payload"].get("model", "")
-            if packer.lines and (model != packer.model or req["endpoint"] != packer.endpoint):
+            if packer.count and (model != packer.model or req["endpoint"] != packer.endpoint):
                 pending = item
                 break
             line = batch_line(req)
             cost = costs.worst_case_cost(req["tokens"], req["max_out"], engine.prices(model), mode)
             if not packer.fits(req["tokens"], req["max_out"], cost, len(line) + 1):
-                if not packer.lines:
+                if not packer.count:
                     _refuse_single(req, caps, cost, len(line), mode)
                     log.info("the session or task budget cannot take request %s: assembly stops", req["key"])
                     return created
@@ -128,10 +136,10 @@ def assemble(engine: Engine, mode: str = "batch", max_new: int | None = None) ->
             packer.model, packer.endpoint = model, req["endpoint"]
             packer.add(line, sidecar_line(req), req["tokens"], req["max_out"], cost)
             last = item
-        if not packer.lines or last is None:
+        if not packer.count or last is None:
             break
         created.append(_commit_batch(engine, packer, mode, last))
-        remaining -= len(packer.lines)
+        remaining -= packer.count
         if pending is None:
             break
     return created
@@ -156,8 +164,8 @@ def _refuse_single(req: dict, caps: limits.Caps, cost: float, size: int, mode: s
 def _commit_batch(engine: Engine, packer: Packer, mode: str, last: QueuedLine) -> int:
     task = engine.state.require_task()
     local_id = task.next_batch
-    input_ref = engine.store.put_blob(f"batches/{local_id:06d}.jsonl", [b"\n".join(packer.lines) + b"\n"])
-    sidecar_ref = engine.store.put_blob(f"batches/{local_id:06d}.requests.jsonl", [b"\n".join(packer.sidecar) + b"\n"])
+    input_ref = engine.store.put_blob(f"batches/{local_id:06d}.jsonl", packer.body)
+    sidecar_ref = engine.store.put_blob(f"batches/{local_id:06d}.requests.jsonl", packer.sidecar)
     record = BatchRecord(
         local_id=local_id,
         mode=mode,  # type: ignore[arg-type]
@@ -165,7 +173,7 @@ def _commit_batch(engine: Engine, packer: Packer, mode: str, last: QueuedLine) -
         endpoint=packer.endpoint or "",
         input_ref=input_ref.model_dump(mode="json"),
         sidecar_ref=sidecar_ref.model_dump(mode="json"),
-        requests=len(packer.lines),
+        requests=packer.count,
         tokens=packer.tokens,
         max_out=packer.max_out,
         mb=input_ref.size / limits.BYTES_PER_MB,

@@ -57,6 +57,15 @@ def download_results(engine: Engine, batch: BatchRecord) -> BlobRef:
     return engine.store.put_blob(f"results/{batch.local_id:06d}.jsonl", chunks())
 
 
+def kept(line: bytes) -> bytes:
+    """An exact-size copy of an ``orjson.dumps`` result that is kept until the batch is committed.
+
+    Held by the ten thousand, the originals cost about 4 kB each whatever their length (allocator slack): 200 MB of
+    output lines for a batch of 50,000 requests, 10 MB as copies.
+    """
+    return bytes(memoryview(line))
+
+
 @dataclass
 class BatchOutcome:
     outcomes: Outcomes = field(default_factory=Outcomes)
@@ -137,7 +146,7 @@ class BatchProcessor:
         target = self.out.failure_output if failure else self.out.output
         for record in records:
             line = orjson.dumps({"seq": request.seq, "key": request.key, "part": request.part, "record": record})
-            target.append((request.seq, request.part, line))
+            target.append((request.seq, request.part, kept(line)))
 
     def _retry(self, request: Request, reason: str) -> None:
         if request.retry < self.options.max_retries:
@@ -148,7 +157,7 @@ class BatchProcessor:
 
     def _fail(self, request: Request, reason: str) -> None:
         self.out.outcomes.failed += 1
-        self.out.failed.append(orjson.dumps({"request": request.model_dump(mode="json"), "reason": reason}))
+        self.out.failed.append(kept(orjson.dumps({"request": request.model_dump(mode="json"), "reason": reason})))
         self._records(request, self.engine.task.process_failure(request, reason, self.meta) or [], failure=True)
 
 
@@ -297,7 +306,7 @@ def _commit_processed(engine: Engine, batch: BatchRecord, ref: BlobRef, out: Bat
         failed_ref = store.put_blob(f"failed/{name}.jsonl", [b"\n".join(out.failed) + b"\n"])
     if out.requeue:
         index = task.next_segment
-        lines = [orjson.dumps(r) for r in out.requeue]
+        lines = [kept(orjson.dumps(r)) for r in out.requeue]
         segment = write_segment(engine, index, lines, sum(r["tokens"] for r in out.requeue), "retry")
         changes.set(segment_key(index), segment)
         update["next_segment"] = index + 1

@@ -32,6 +32,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from gbatch_flows.tokenizing.types import EstimateError
 
 Count = Callable[[str], int]
@@ -216,7 +218,27 @@ def response_format_tokens(response_format: Any, count: Count, field: str = "res
     schema = response_format.get("json_schema")
     if not isinstance(schema, dict):
         raise EstimateError(f"{field}.json_schema", "expected an object with name and schema")
-    return count(compact_json(schema, f"{field}.json_schema"))
+    return count(_schema_text(schema, f"{field}.json_schema"))
+
+
+_SCHEMA_TEXTS: dict[bytes, str] = {}
+_SCHEMA_TEXTS_MAX = 256
+
+
+def _schema_text(schema: dict[str, Any], field: str) -> str:
+    """``compact_json`` of a structured-output schema, memoised: every request of a task usually carries the same
+    schema, and serialising it again per request cost more than the rest of the estimate."""
+    try:
+        key = orjson.dumps(schema)
+    except TypeError:
+        return compact_json(schema, field)  # gives the error message
+    text = _SCHEMA_TEXTS.get(key)
+    if text is None:
+        text = compact_json(schema, field)
+        if len(_SCHEMA_TEXTS) >= _SCHEMA_TEXTS_MAX:
+            _SCHEMA_TEXTS.clear()
+        _SCHEMA_TEXTS[key] = text
+    return text
 
 
 def text_format_tokens(text: Any, count: Count, field: str = "text") -> int:
