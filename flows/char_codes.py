@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import unicodedata
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field, field_validator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
+from gbatch_flows.cli import lazy_flow  # noqa: E402
 from gbatch_flows.task import Processed, ResponseInvalid, Result, Task
 
 SYSTEM = (
@@ -25,7 +26,7 @@ SYSTEM = (
 )
 
 
-class CharType(str, Enum):
+class CharType(StrEnum):
     letter = "letter"
     digit = "digit"
     punctuation = "punctuation"
@@ -131,18 +132,8 @@ def emulator_answer(body: dict[str, Any], ctx: Any) -> str:
     })
 
 
-def __getattr__(name: str) -> Any:
-    """``char_codes_flow``: the Prefect flow of this task (deployment entrypoint
-    ``flows/char_codes.py:char_codes_flow``).
-
-    Made by ``make_flow(CharCodes)`` on first access, so that ``--no_prefect`` runs never import Prefect.
-    """
-    if name == "char_codes_flow":
-        from gbatch_flows.flow import make_flow
-
-        globals()[name] = made = make_flow(CharCodes)
-        return made
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# ``char_codes_flow``: the Prefect flow of this task (deployment entrypoint ``flows/char_codes.py:char_codes_flow``), made on first access.
+__getattr__ = lazy_flow(globals(), CharCodes, "char_codes_flow")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
+from gbatch_flows.cli import lazy_flow  # noqa: E402
 from gbatch_flows.task import Processed, Result, Task
 
 UTTERANCES_FILE = Path(__file__).resolve().parent / "data" / "utterances.jsonl"
@@ -29,7 +30,7 @@ SYSTEM = (
 )
 
 
-class Emotion(str, Enum):
+class Emotion(StrEnum):
     neutral = "neutral"
     joy = "joy"
     surprise = "surprise"
@@ -121,18 +122,8 @@ def emulator_answer(body: dict[str, Any], ctx: Any) -> str:
     return json.dumps({"emotion": guess})
 
 
-def __getattr__(name: str) -> Any:
-    """``utterance_emotion_flow``: the Prefect flow of this task (deployment entrypoint
-    ``flows/utterance_emotion.py:utterance_emotion_flow``).
-
-    Made by ``make_flow(UtteranceEmotionTask)`` on first access, so that ``--no_prefect`` runs never import Prefect.
-    """
-    if name == "utterance_emotion_flow":
-        from gbatch_flows.flow import make_flow
-
-        globals()[name] = made = make_flow(UtteranceEmotionTask)
-        return made
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# ``utterance_emotion_flow``: the Prefect flow of this task (deployment entrypoint ``flows/utterance_emotion.py:utterance_emotion_flow``), made on first access.
+__getattr__ = lazy_flow(globals(), UtteranceEmotionTask, "utterance_emotion_flow")
 
 
 if __name__ == "__main__":

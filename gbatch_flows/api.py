@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 import openai
@@ -29,47 +29,28 @@ RETRYABLE_CODES = frozenset(
 )
 
 
-class Outcome(str, Enum):
+class Outcome(StrEnum):
     OK = "ok"
     RETRYABLE = "retryable"
     FATAL = "fatal"
 
 
-def make_client(
-    api_key: str | None,
-    base_url: str | None = None,
-    organization: str | None = None,
-    project: str | None = None,
-    max_retries: int = 5,
-    timeout: float = 600.0,
-) -> openai.OpenAI:
+def _client_args(api_key: str | None, base_url: str | None, organization: str | None, project: str | None,
+                 timeout: float) -> dict[str, Any]:
+    return {"api_key": api_key or "sk-no-key-needed", "base_url": base_url, "organization": organization,
+            "project": project, "timeout": timeout}
+
+
+def make_client(api_key: str | None, base_url: str | None = None, organization: str | None = None,
+                project: str | None = None, max_retries: int = 5, timeout: float = 600.0) -> openai.OpenAI:
     """The sync client used for files and batches (the client retries connection errors, 429 and 5xx itself)."""
-    return openai.OpenAI(
-        api_key=api_key or "sk-no-key-needed",
-        base_url=base_url,
-        organization=organization,
-        project=project,
-        max_retries=max_retries,
-        timeout=timeout,
-    )
+    return openai.OpenAI(max_retries=max_retries, **_client_args(api_key, base_url, organization, project, timeout))
 
 
-def make_async_client(
-    api_key: str | None,
-    base_url: str | None = None,
-    organization: str | None = None,
-    project: str | None = None,
-    timeout: float = 600.0,
-) -> openai.AsyncOpenAI:
+def make_async_client(api_key: str | None, base_url: str | None = None, organization: str | None = None,
+                      project: str | None = None, timeout: float = 600.0) -> openai.AsyncOpenAI:
     """The async client of the direct executor: retries are ours (they must respect the RPM/TPM pacing)."""
-    return openai.AsyncOpenAI(
-        api_key=api_key or "sk-no-key-needed",
-        base_url=base_url,
-        organization=organization,
-        project=project,
-        max_retries=0,
-        timeout=timeout,
-    )
+    return openai.AsyncOpenAI(max_retries=0, **_client_args(api_key, base_url, organization, project, timeout))
 
 
 def classify_status(status_code: int | None, code: str | None = None) -> Outcome:

@@ -43,6 +43,21 @@ def setup_logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def lazy_flow(module_globals: dict[str, Any], task_cls: type[Task], attr: str):
+    """A module ``__getattr__`` that makes ``attr`` the Prefect flow of ``task_cls`` on first access (a deployment
+    entrypoint such as ``flows/char_codes.py:char_codes_flow``), so runs without Prefect never import it."""
+
+    def __getattr__(name: str) -> Any:
+        if name == attr:
+            from gbatch_flows.flow import make_flow
+
+            module_globals[name] = made = make_flow(task_cls)
+            return made
+        raise AttributeError(f"module {module_globals.get('__name__')!r} has no attribute {name!r}")
+
+    return __getattr__
+
+
 def main(task_cls: type[Task], argv: list[str] | None = None) -> int:
     """Parse options, run the task, return the process exit code."""
     combined = parse_options(argv, model=options_model(task_cls), prog=f"{task_cls.name}",

@@ -252,7 +252,7 @@ def resolve_options(cli_values: Mapping[str, Any], config_path: str | None = Non
     origins: dict[str, str] = {}
     for source, values in layers:
         merged.update(values)
-        origins.update({name: source for name in values})
+        origins.update(dict.fromkeys(values, source))
     try:
         return model.model_validate(merged)
     except ValidationError as exc:

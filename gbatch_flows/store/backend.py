@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
@@ -61,10 +62,8 @@ class Backend(ABC):
         """Contents of several files (missing ones are left out)."""
         out: dict[str, bytes] = {}
         for path in paths:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 out[path] = self.read_bytes(path)
-            except FileNotFoundError:
-                pass
         return out
 
     @abstractmethod

@@ -175,10 +175,7 @@ class Store:
         [(last, last_size)] = self._read_envelopes([target], target)
         if start is not None and not (last.checkpoint <= start.generation < target):
             start = None
-        if start is None:
-            first = last.checkpoint
-        else:
-            first = start.generation + 1
+        first = last.checkpoint if start is None else start.generation + 1
         middle = self._read_envelopes(list(range(first, target)), target) if first < target else []
         chain = middle + [(last, last_size)]
         if start is not None and chain[0][0].parent_sha256 != start.sha256:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime
 from typing import Any, BinaryIO
 
@@ -69,7 +70,5 @@ class FsspecBackend(Backend):
     def delete_many(self, paths: list[str]) -> None:
         if paths:
             existing = [self._full(p) for p in paths]
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 self.fs.rm(existing)
-            except FileNotFoundError:
-                pass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -49,10 +50,8 @@ class LocalBackend(Backend):
             missing.append(probe)
             probe = probe.parent
         for new in reversed(missing):
-            try:
+            with contextlib.suppress(FileExistsError):
                 new.mkdir()
-            except FileExistsError:
-                pass
             _fsync_dir(new.parent)
         with self._dirs_lock:
             self._known_dirs.add(folder)

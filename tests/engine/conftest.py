@@ -43,10 +43,10 @@ class EchoTask(Task):
 
 
 def make_options(tmp_path, **overrides: Any) -> Options:
-    base: dict[str, Any] = dict(
-        task_dir=str(tmp_path / "tasks"), no_wandb=True, poll_interval_min_s=0.02, poll_interval_max_s=0.1,
-        max_poll_wait_s=60, emulator="never", max_session_cost=None,
-    )
+    base: dict[str, Any] = {
+        "task_dir": str(tmp_path / "tasks"), "no_wandb": True, "poll_interval_min_s": 0.02, "poll_interval_max_s": 0.1,
+        "max_poll_wait_s": 60, "emulator": "never", "max_session_cost": None,
+    }
     base.update(overrides)
     return Options(**base)
 
