@@ -13,10 +13,12 @@ from typing import Any
 from pydantic import create_model
 
 from gbatch_flows.cli_args import parse_options
+from gbatch_flows.costs import UnknownPriceError
 from gbatch_flows.engine.context import EngineStop
 from gbatch_flows.options import Options
 from gbatch_flows.store import StoreError
 from gbatch_flows.task import Task
+from gbatch_flows.tokens import EstimateError
 
 log = logging.getLogger("gbatch_flows")
 
@@ -78,7 +80,7 @@ def main(task_cls: type[Task], argv: list[str] | None = None) -> int:
         print("interrupted: every completed step is committed; run the same command again to resume",
               file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (EngineStop, StoreError) as exc:
+    except (EngineStop, StoreError, UnknownPriceError, EstimateError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except Exception as exc:  # setup problems carry their own message

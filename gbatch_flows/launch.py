@@ -85,7 +85,11 @@ def open_engine(task: Task, options: Options, session_id: str | None = None, lea
                 ) -> Iterator[Engine]:
     """An Engine holding the task's lease (released on exit, also on Ctrl+C)."""
     store = open_task_store(options, task)
-    held = store.acquire_lease(ttl_s=60.0) if lease else None
+    try:
+        held = store.acquire_lease(ttl_s=60.0) if lease else None
+    except PermissionError as exc:
+        raise SetupError(f"cannot write to the task folder {store.url} ({exc.strerror or exc}): fix its "
+                         "permissions or pick a --task_dir you can write to") from exc
     try:
         engine = Engine(
             store=store,
@@ -114,7 +118,9 @@ def prepare(engine: Engine, task: Task) -> dict[str, Any]:
         done["wipe_task"] = True
         if options.no_run:
             return done
-    ensure_task(engine, task.name, task.build_meta(options), reinit_meta=options.reinit_meta)
+    meta = task.build_meta(options)
+    engine.prices(meta["model"])  # an unknown model without --cost_* flags stops here, before anything is stored
+    ensure_task(engine, task.name, meta, reinit_meta=options.reinit_meta)
     if options.wipe_requests:
         operations.wipe_requests(engine)
         done["wipe_requests"] = True

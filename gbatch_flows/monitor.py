@@ -57,6 +57,9 @@ KNOWN_METRICS = frozenset(SCALAR_METRICS) | {batch_state_metric(state) for state
 
 _log = logging.getLogger(__name__)
 
+#: Flags whose value is (or may hold) a secret: wandb must not record a command line that has one.
+SECRET_FLAGS = frozenset({"--openai_api_key"})
+
 
 @runtime_checkable
 class Monitor(Protocol):
@@ -155,8 +158,12 @@ class WandbMonitor:
         return None if wandb_logged_in(self.env) else "offline"
 
     def _secret_on_command_line(self) -> bool:
-        """Whether the API key or a storage credential was typed on the command line."""
-        return any(secret in arg for secret in _secret_values(self.options) for arg in sys.argv)
+        """Whether the API key (from the options or the environment the run uses) or a storage credential was typed
+        on the command line, or a secret-carrying flag appears there at all."""
+        secrets = [*_secret_values(self.options), *(v for v in (self.env.get("OPENAI_API_KEY"),) if v)]
+        if any(arg.split("=", 1)[0] in SECRET_FLAGS for arg in sys.argv):
+            return True
+        return any(secret in arg for secret in secrets for arg in sys.argv)
 
     def start(self, run_info: Mapping[str, Any]) -> None:
         import wandb  # lazy: slow import

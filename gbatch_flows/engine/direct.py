@@ -213,9 +213,10 @@ def _recover_lost_calls(engine: Engine, batch: BatchRecord, items: list[dict], s
         lost = lost + limits.Spend(requests=1, tokens=side["tokens"] + side["max_out"],
                                    cost=costs.worst_case_cost(side["tokens"], side["max_out"], prices, "direct"))
     state = engine.state
+    owner = batch.session or engine.session_id  # a batch's spend stays on the session that reserved it
     probe = batch.model_copy(update={"requests": lost.requests, "tokens": lost.tokens, "max_out": 0,
                                      "worst_cost": lost.cost})
-    refusal = limits.spend_refusal(engine.options, state, engine.session_id, probe)
+    refusal = limits.spend_refusal(engine.options, state, owner, probe)
     changes = Changes()
     update: dict[str, Any] = {"lost_spend": batch.lost_spend + lost}
     if refusal is None:
@@ -223,7 +224,7 @@ def _recover_lost_calls(engine: Engine, batch: BatchRecord, items: list[dict], s
                     "case $%.4f)", batch.local_id, hi - lo, lost.cost)
         update["extra_reserved"] = batch.extra_reserved + lost
         changes.set(TOTALS, limits.reserve(state.totals, lost))
-        changes.set(session_key(engine.session_id), limits.reserve(state.session(engine.session_id), lost))
+        changes.set(session_key(owner), limits.reserve(state.session(owner), lost))
         update["direct_sent"] = lo
     else:
         log.warning("direct batch %d: %d calls lost in a crash are not re-sent: %s would be exceeded",

@@ -200,13 +200,19 @@ class Lease:
         with self._lock:
             if self._released:
                 return
-            self._released = True
         self._stop.set()
+        # lease.json is written first (a renewal after it finds the lease released and stops), and the lease counts
+        # as released here only after that: a Ctrl+C in between leaves the atexit backstop, which releases it again.
+        if self._lost is None:
+            with self._lock:
+                self._write_released()
+        with self._lock:
+            self._released = True
+        atexit.unregister(self._release_at_exit)
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=10)
-        atexit.unregister(self._release_at_exit)
-        if self._lost is not None:
-            return
+
+    def _write_released(self) -> None:
         try:
             current, token = self._current()
             if current is not None and current.owner == self.owner and not current.released:

@@ -1,10 +1,11 @@
-"""A kill campaign: run the task again and again, stop each run at a random moment (SIGKILL or SIGINT), check the
-committed state after every stop, and finally let it finish."""
+"""A stop campaign: run the task again and again, stop each run at a random moment (SIGKILL or SIGINT) aimed at a
+stage, check the committed state after every stop, and finally let the task finish."""
 
 from __future__ import annotations
 
 import random
 import signal
+import statistics
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -15,16 +16,31 @@ from gbatch_flows.engine.runner import is_finished
 from gbatch_flows.engine.state import TaskState
 from gbatch_flows.options import Options
 
-from .harness import ChildRun, Forkserver, Marker, TaskDir, stage_of
+from .child import StopPlan
+from .harness import ChildRun, Forkserver, Marker, TaskDir
 
 try:  # the engine tests' invariants (limits on every committed state)
     from engine.invariants import check_limits  # type: ignore[import-not-found]
-except ImportError:  # pragma: no cover - run from another root
+except ImportError:  # pragma: no cover - collected from another root
     from tests.engine.invariants import check_limits  # type: ignore[import-not-found,no-redef]
 
-#: commit message prefixes a stop may be aimed at (what the run is doing right after that commit)
-TARGETS = (None, None, "assemble", "push intent", "pushed", "poll", "processed")
+LOOP_AIMS = ("assemble", "push", "push-window", "push-created", "poll", "process", "process-window",
+             "process-downloaded")
+#: longest delay after entering a stage (short stages get short delays, so the stop lands inside them)
+AIM_DELAY_S = {"assemble": 0.004, "push": 0.01, "poll": 0.05, "process": 0.01}
 SIGINT_EXIT_S = 10.0  # a Ctrl+C must end the run within this many seconds
+
+
+@dataclass
+class StageTimes:
+    """From an uninterrupted run: how often the run loop enters each stage, and how long the one-off stages take."""
+
+    entries: dict[str, int]
+    generate_s: float  # from entering generate to its last commit
+    output_s: float  # from entering output to the exit (on a finished task)
+    requests_sent: int  # requests in all batches of the finished task
+    push_s: float  # median time from a push intent commit to its "pushed" commit
+    process_s: float  # median time from a poll commit (a batch finished) to the next "processed" commit
 
 
 @dataclass
@@ -33,16 +49,22 @@ class CampaignResult:
     runs: int = 0
     completed_runs: int = 0  # runs that ended by themselves before the stop landed
     stages: Counter = field(default_factory=Counter)
-    lease_refusals: int = 0
+    windows: Counter = field(default_factory=Counter)  # what the committed state held at the stops
+    dead_leases: int = 0  # SIGKILL stops that left a live-looking lease (its holder is dead)
     max_exit_s: float = 0.0  # SIGINT: longest time from the signal to the exit
+    leases_left_held: int = 0  # SIGINT during the final lease release (known bug)
     seconds: float = 0.0
-    run_seconds: list[float] = field(default_factory=list)
 
     def figures(self) -> dict[str, Any]:
-        return {"stops": self.stops, "runs": self.runs, "completed_runs": self.completed_runs,
-                "stops_by_stage": dict(sorted(self.stages.items())), "lease_refusals_checked": self.lease_refusals,
-                "max_sigint_exit_s": round(self.max_exit_s, 3), "seconds": round(self.seconds, 1),
-                "longest_run_s": max(self.run_seconds, default=0.0), "DEBUG": self.run_seconds}
+        out: dict[str, Any] = {"stops": self.stops, "runs": self.runs, "completed_runs": self.completed_runs,
+                               "stops_by_stage": dict(sorted(self.stages.items())),
+                               "state_at_stops": dict(sorted(self.windows.items())), "seconds": round(self.seconds, 1)}
+        if self.dead_leases:
+            out["dead_leases_taken_over"] = self.dead_leases
+        if self.max_exit_s:
+            out["max_ctrl_c_exit_s"] = round(self.max_exit_s, 3)
+            out["leases_left_held"] = self.leases_left_held
+        return out
 
 
 def check_remote_consistency(state: TaskState, created: dict[str, int]) -> None:
@@ -60,16 +82,13 @@ def check_remote_consistency(state: TaskState, created: dict[str, int]) -> None:
             assert count == 1, f"batch {batch.local_id} is {batch.state} but was created {count} times"
 
 
-def _wanted(target: str | None, skip: int) -> Any:
-    seen = {"n": 0}
+def last_stage(run: ChildRun) -> str:
+    stages = [m.text for m in run.markers if m.kind == "stage"]
+    return stages[-1] if stages else "startup"
 
-    def match(marker: Marker) -> bool:
-        if marker.kind != "commit":
-            return False
-        seen["n"] += 1
-        return seen["n"] > skip and (target is None or marker.text.startswith(target))
 
-    return match
+def processed_requests(state: TaskState) -> int:
+    return sum(b.requests for b in state.batches.values() if b.state == "processed")
 
 
 @dataclass
@@ -81,102 +100,104 @@ class Campaign:
     emulator: Any
     log: Path
     rng: random.Random
+    times: StageTimes
     sig: int = signal.SIGKILL
-    ref_commits: int = 100
-    ref_generate_s: float = 0.5
-    ref_finished_run_s: float = 0.2
     result: CampaignResult = field(default_factory=CampaignResult)
+    _aims: list[str] = field(default_factory=list)
 
     def check(self, state: TaskState) -> None:
         check_limits(self.options, state)
         check_remote_consistency(state, self.emulator.stats()["batches_by_local_id"])
 
-    def _aim(self, state: TaskState, commits_allowed: int, in_generate: bool) -> tuple[Any, float]:
-        """(marker predicate, or None for a pure delay; the delay after it) for the next stop."""
+    def _plan(self, state: TaskState, goal: float, in_generate: bool) -> StopPlan:
+        """When and how the next run stops itself.
+
+        Stops are spread over the task's life: a run may get ahead by about the share of work one stop stands for
+        (``goal``: the fraction of the task that should be done at this stop), then it stops in a random stage.
+        """
+        sig, uniform = self.sig, self.rng.uniform
         if state.task is None or not state.task.generated:
-            if in_generate:
-                return None, self.rng.uniform(0.0, 0.9 * self.ref_generate_s)
-            return _wanted(None, 0), 0.0  # let it generate: stop it right after its first commit after that
+            if in_generate:  # generation is short: the first such stop lands right as it starts
+                delay = uniform(0.0, 0.5 * self.times.generate_s) if self.result.stages["generate"] else 0.0
+                return StopPlan("stage", "generate", 0, delay, sig)
+            return StopPlan("stage", "process", 0, 0.0, sig)  # let this one generate, stop it right after
         if is_finished(state):
-            return None, self.rng.uniform(0.0, 1.2 * self.ref_finished_run_s)
-        target = self.rng.choice(TARGETS)
-        skip = self.rng.randint(0, max(0, commits_allowed))
-        return _wanted(target, skip), self.rng.uniform(0.0, 0.05 if commits_allowed > 1 else 0.02)
+            return StopPlan("stage", "output", 0, uniform(0.0, 1.2 * self.times.output_s), sig)
+        if not self._aims:  # every aim once per round, in random order
+            self._aims = self.rng.sample(LOOP_AIMS, len(LOOP_AIMS))
+        aim = self._aims.pop()
+        if aim == "push-window":  # between the push intent commit and the "pushed" commit
+            return StopPlan("commit", "push intent", 0, uniform(0.0, 1.2 * self.times.push_s), sig)
+        if aim == "process-window":  # a batch finished: its results are being downloaded and processed
+            return StopPlan("commit", "poll:", 0, uniform(0.0, 1.2 * self.times.process_s), sig)
+        if aim in ("push-created", "process-downloaded"):  # about to commit: stop within a few milliseconds
+            return StopPlan("stage", aim, 0, uniform(0.0, 0.003), sig)
+        behind = goal - processed_requests(state) / max(1, self.times.requests_sent)
+        skip = self.rng.randint(0, int(max(0.0, behind) * self.times.entries.get(aim, 1)))
+        return StopPlan("stage", aim, skip, uniform(0.0, AIM_DELAY_S[aim]), sig)
 
     def run(self, stops: int) -> CampaignResult:
-        """Stop ``stops`` runs; the stops are spread over the task's life by letting each run make about its share
-        of the commits an uninterrupted run makes (and a few are kept for runs on the finished task)."""
+        """Stop ``stops`` runs (a few in generate, most in the run loop, a few on the finished task)."""
         started = time.monotonic()
         res = self.result
-        commits_done = 0
         generate_stops = max(2, stops // 12)
-        main_stops = max(1, stops - max(2, stops // 10))
+        loop_stops = max(1, stops - generate_stops - max(2, stops // 10))
         while res.stops < stops:
             state = self.task_dir.state()
-            share = self.ref_commits * min(1.0, (res.stops + 1) / main_stops)
-            wanted, delay = self._aim(state, int(share - commits_done), res.stops < generate_stops)
-            run = self.forkserver.start(self.argv, self.log)
+            if res.stops >= generate_stops + loop_stops and not is_finished(state):
+                self.finish()  # the last stops are for runs on the finished task
+                res.completed_runs += 1
+                continue
+            goal = min(1.0, (res.stops - generate_stops + 1) / loop_stops)
+            plan = self._plan(state, goal, res.stops < generate_stops)
+            run = self.forkserver.start(self.argv, self.log, plan=plan)
             res.runs += 1
             try:
-                if wanted is not None and run.wait_for(wanted, timeout=300) is None:
-                    self._completed(run)
-                    continue
-                time.sleep(delay)
-                if not run.process.is_alive() or any(m.kind == "exit" for m in run.markers):
-                    self._completed(run)
-                    continue
-                run.signal(self.sig)
-                signalled = time.monotonic()
-                code = run.join(SIGINT_EXIT_S + 20)
+                code = run.finish(timeout=300)
             finally:
                 run.close()
-                commits_done += len(run.commits())
-                res.run_seconds.append(round(time.monotonic() - run.started, 3))
-            if code == 0 or any(m.kind == "exit" and m.number == 0 for m in run.markers):
-                res.completed_runs += 1  # it finished before the signal was delivered
+            fired = run.marker("signal")
+            if fired is None:
+                assert code == 0, f"a run that was not stopped failed with {code}:\n{run.log_tail()}"
+                res.completed_runs += 1
                 continue
-            self._stopped(run, code, signalled)
+            if code == 0:
+                res.completed_runs += 1  # it finished just before the signal
+                continue
+            self._stopped(run, code, fired)
         res.seconds = time.monotonic() - started
         return res
 
-    def _completed(self, run: ChildRun) -> None:
-        code = run.join(60)
-        assert code == 0, f"a run that was not stopped failed with {code}:\n{run.log_tail()}"
-        self.result.completed_runs += 1
-
-    def _stopped(self, run: ChildRun, code: int | None, signalled: float) -> None:
+    def _stopped(self, run: ChildRun, code: int | None, fired: Marker) -> None:
         res = self.result
-        commits = run.commits()
         state = self.task_dir.state()  # a fresh Store: the committed state must always load
-        res.stages[stage_of(state, commits[-1].text if commits else None)] += 1
         self.check(state)
+        generating = state.task is None or not state.task.generated
+        res.stages["generate" if generating and last_stage(run) == "generate" else last_stage(run)] += 1
+        created = self.emulator.stats()["batches_by_local_id"]
+        for batch in state.batches_in("pushing"):
+            res.windows["pushing, remote created" if str(batch.local_id) in created else "pushing, not created"] += 1
+        res.windows["done, not processed"] += len(state.batches_in("done"))
         res.stops += 1
         if self.sig == signal.SIGKILL:
             assert code == -signal.SIGKILL, f"exit code {code}:\n{run.log_tail()}"
             lease = self.task_dir.lease()
             if lease is not None and not lease.get("released"):
-                if res.lease_refusals == 0:
-                    self._check_refused()
-                self.task_dir.delete_lease()
+                res.dead_leases += 1  # the next run must see its holder is gone and take it over
         else:
-            exit_s = time.monotonic() - signalled
+            exit_s = (run.ended or time.monotonic()) - fired.t
             res.max_exit_s = max(res.max_exit_s, exit_s)
             assert code == 130, f"Ctrl+C gave exit code {code}, expected 130:\n{run.log_tail()}"
             assert exit_s < SIGINT_EXIT_S, f"the run took {exit_s:.1f}s to stop after Ctrl+C"
             lease = self.task_dir.lease()
-            assert lease is None or lease.get("released"), f"Ctrl+C left the lease held: {lease}"
-
-    def _check_refused(self) -> None:
-        """The run after a SIGKILL is refused (the dead run's lease is live) with a message saying what to do."""
-        run = self.forkserver.start(self.argv, self.log)
-        try:
-            code = run.join(60)
-        finally:
-            run.close()
-        tail = run.log_tail()
-        assert code == 1, f"a second run started while the killed run's lease was live (exit {code}):\n{tail}"
-        assert "lease.json" in tail and "is being run by" in tail, tail
-        self.result.lease_refusals += 1
+            if lease is not None and not lease.get("released") and last_stage(run) == "output":
+                # Known engine bug (test_ctrl_c_during_lease_release_leaves_it_released): a Ctrl+C while the
+                # finished run releases its lease leaves lease.json live for its ttl. Counted, then cleared.
+                res.leases_left_held += 1
+                self.task_dir.delete_lease()
+                return
+            assert lease is None or lease.get("released"), (
+                f"Ctrl+C in stage {last_stage(run)} left the lease held: {lease}\n{run.log_tail(8)}")
 
     def finish(self) -> ChildRun:
         run = self.forkserver.start(self.argv, self.log)
@@ -186,3 +207,26 @@ class Campaign:
             run.close()
         assert code == 0, run.log_tail()
         return run
+
+
+def stage_times(first: ChildRun, again: ChildRun, state: TaskState) -> StageTimes:
+    """StageTimes from an uninterrupted run (``first``) and a run on the finished task (``again``)."""
+    entries = Counter(m.text for m in first.markers if m.kind == "stage")
+    gen_start = next(m.t for m in first.markers if m.kind == "stage" and m.text == "generate")
+    gen_end = next(m.t for m in first.markers if m.kind == "commit" and "(done)" in m.text)
+    out_start = next(m.t for m in again.markers if m.kind == "stage" and m.text == "output")
+    commits = [m for m in first.markers if m.kind == "commit"]
+    return StageTimes(entries=dict(entries), generate_s=gen_end - gen_start, output_s=again.markers[-1].t - out_start,
+                      requests_sent=sum(b.requests for b in state.batches.values()),
+                      push_s=_median_gap(commits, "push intent", "pushed"),
+                      process_s=_median_gap(commits, "poll:", "processed"))
+
+
+def _median_gap(commits: list[Marker], start: str, end: str) -> float:
+    gaps = []
+    for i, m in enumerate(commits):
+        if m.text.startswith(start) and not m.text.startswith("poll: 0 "):
+            following = next((c for c in commits[i + 1:] if c.text.startswith(end)), None)
+            if following is not None:
+                gaps.append(following.t - m.t)
+    return statistics.median(gaps) if gaps else 0.05

@@ -18,7 +18,6 @@ import orjson
 from gbatch_flows import costs
 from gbatch_flows.cli import options_model, split_options
 from gbatch_flows.cli_args import parse_options
-from gbatch_flows.engine.runner import is_finished
 from gbatch_flows.engine.state import TaskState
 from gbatch_flows.options import Options
 from gbatch_flows.store import Store, open_store
@@ -73,9 +72,9 @@ def options_of(argv: list[str]) -> Options:
 
 @dataclass
 class Marker:
-    kind: str  # "started", "commit", "exit"
+    kind: str  # "started", "stage", "commit", "signal", "exit"
     t: float
-    number: int  # pid / generation / exit code
+    number: int  # pid / generation / signal / exit code
     text: str  # commit message
 
 
@@ -88,6 +87,7 @@ class ChildRun:
     log_path: Path
     markers: list[Marker] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
+    ended: float | None = None
 
     def next_marker(self, timeout: float) -> Marker | None:
         """The next marker, or None on timeout or when the child has exited (pipe closed)."""
@@ -120,21 +120,22 @@ class ChildRun:
         while self.next_marker(0.0) is not None:
             pass
 
-    def signal(self, sig: int) -> None:
-        if self.process.is_alive():
-            os.kill(self.process.pid, sig)
-
     def join(self, timeout: float = 60.0) -> int | None:
         self.process.join(timeout)
         self.drain()
         return self.process.exitcode
 
     def finish(self, timeout: float = 120.0) -> int | None:
-        """Let the run end by itself."""
+        """Wait for the run to end (by itself or by its stop plan); returns the exit code."""
         deadline = time.monotonic() + timeout
         while self.process.is_alive() and time.monotonic() < deadline:
             self.next_marker(0.2)
-        return self.join(max(0.1, deadline - time.monotonic()))
+        code = self.join(max(0.1, deadline - time.monotonic()))
+        self.ended = time.monotonic()
+        return code
+
+    def marker(self, kind: str) -> Marker | None:
+        return next((m for m in self.markers if m.kind == kind), None)
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -168,10 +169,12 @@ class Forkserver:
             else:
                 os.environ["PYTHONPATH"] = old
 
-    def start(self, argv: list[str], log_path: Path, env: dict[str, str | None] | None = None) -> ChildRun:
+    def start(self, argv: list[str], log_path: Path, env: dict[str, str | None] | None = None,
+              plan: child.StopPlan | None = None, uid: int | None = None) -> ChildRun:
         env = {"OPENAI_API_KEY": DUMMY_KEY, **(env or {})}
         reader, writer = self.ctx.Pipe(duplex=False)
-        process = self.ctx.Process(target=child.run_cli, args=(argv, env, str(log_path), writer), daemon=True)
+        process = self.ctx.Process(target=child.run_cli, args=(argv, env, str(log_path), writer, plan, uid),
+                                   daemon=True)
         process.start()
         writer.close()
         run = ChildRun(process, reader, log_path)
@@ -216,11 +219,6 @@ class TaskDir:
     def output(self) -> bytes:
         return self.store().backend.read_bytes(OUTPUT_PATH)
 
-    def snapshot(self) -> dict[str, bytes]:
-        """Every file of the task folder (path -> bytes)."""
-        backend = self.store().backend
-        return {e.path: backend.read_bytes(e.path) for e in backend.list_entries("")}
-
 
 def snapshot_tree(root: Path) -> dict[str, bytes]:
     """Every file under a local folder, hidden ones included (path -> bytes)."""
@@ -232,22 +230,6 @@ def snapshot_tree(root: Path) -> dict[str, bytes]:
 # ---------------------------------------------------------------- checks
 
 
-def stage_of(state: TaskState, last_commit: str | None) -> str:
-    """Where a run was when it was stopped, from its last commit and the committed state."""
-    if state.task is None or not state.task.generated:
-        return "generate" if last_commit else "startup"
-    if is_finished(state):
-        return "output"
-    if last_commit is None:
-        return "startup"
-    for prefix, stage in (("generate", "generate"), ("create task", "generate"), ("assemble", "assemble"),
-                          ("push intent", "push"), ("pushed", "poll"), ("poll", "process"),
-                          ("processed", "process")):
-        if last_commit.startswith(prefix):
-            return stage
-    return "other"
-
-
 def recorded_cost(state: TaskState) -> float:
     return sum(b.cost for b in state.batches.values() if b.state == "processed")
 
@@ -257,8 +239,11 @@ def recomputed_cost(store: Store, state: TaskState) -> tuple[float, dict[str, in
     total = 0.0
     tokens: Counter[str] = Counter()
     for path in store.list("results/"):
-        local_id = int(Path(path).stem)
-        batch = state.batches[local_id]
+        name = Path(path).stem
+        if not name.isdigit():  # a direct batch's parts: the final results blob concatenates them
+            assert state.batches[int(name.split(".")[0])].mode == "direct", path
+            continue
+        batch = state.batches[int(name)]
         usage: Counter[str] = Counter()
         for raw in store.backend.read_bytes(path).splitlines():
             try:
