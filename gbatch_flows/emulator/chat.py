@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ApiError, invalid_type, invalid_value, missing_param, require_object
+from .errors import ApiError, invalid_type, invalid_value, missing_param, require_model, require_object
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 RESPONSE_FORMATS = frozenset({"text", "json_object", "json_schema"})
@@ -36,11 +36,7 @@ def _optional_positive_int(body: Mapping[str, Any], name: str, upper: int | None
 def check_chat_request(body: Any) -> ChatParams:
     """Validate a chat completion body like the real API would; raise ApiError(400) with the bad parameter."""
     body = require_object(body)
-    model = body.get("model")
-    if model is None:
-        raise missing_param("model")
-    if not isinstance(model, str) or not model:
-        raise invalid_type("model", "a non-empty string", model)
+    model = require_model(body)
     messages = body.get("messages")
     if messages is None:
         raise missing_param("messages")

@@ -10,7 +10,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ApiError, invalid_type, invalid_value, missing_param, require_object
+from .errors import ApiError, invalid_type, invalid_value, missing_param, require_model, require_object
 
 MODEL_DIMENSIONS = {"text-embedding-3-large": 3072, "text-embedding-3-small": 1536, "text-embedding-ada-002": 1536}
 DEFAULT_DIMENSIONS = 1536
@@ -28,11 +28,7 @@ class EmbeddingParams:
 def check_embedding_request(body: Any, default_dimensions: int | None = None) -> EmbeddingParams:
     """Validate an embeddings body; inputs are strings or token arrays (kept as text keys)."""
     body = require_object(body)
-    model = body.get("model")
-    if model is None:
-        raise missing_param("model")
-    if not isinstance(model, str) or not model:
-        raise invalid_type("model", "a non-empty string", model)
+    model = require_model(body)
     raw = body.get("input")
     if raw is None:
         raise missing_param("input")

@@ -70,3 +70,13 @@ def require_object(body: Any, what: str = "request body") -> dict[str, Any]:
         raise ApiError(400, f"The {what} must be a JSON object, got {type(body).__name__}.",
                        code="invalid_request_body")
     return body
+
+
+def require_model(body: dict[str, Any]) -> str:
+    """The body's ``model``: missing -> 400 missing parameter, not a non-empty string -> 400 invalid type."""
+    model = body.get("model")
+    if model is None:
+        raise missing_param("model")
+    if not isinstance(model, str) or not model:
+        raise invalid_type("model", "a non-empty string", model)
+    return model

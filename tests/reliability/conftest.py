@@ -6,7 +6,6 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from typing import Any
 import pytest
 
 from gbatch_flows.emulator import EmulatorConfig, run_emulator
-from gbatch_flows.testing.moto import MotoS3, moto_s3_server
+from gbatch_flows.testing.moto import MotoS3
 
 from .campaign import StageTimes, stage_times
 from .harness import Forkserver, TaskDir, cli_args
@@ -88,15 +87,6 @@ def forkserver() -> Forkserver:
     return Forkserver()
 
 
-@pytest.fixture(scope="session")
-def s3_server() -> Iterator[MotoS3]:
-    with moto_s3_server() as server:
-        yield server
-
-
-@pytest.fixture(scope="session")
-def s3_bucket(s3_server: MotoS3) -> str:
-    return s3_server.create_bucket()
 
 
 def make_task_dir(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> TaskDir:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,19 +10,7 @@ from typing import Any
 import pytest
 
 from gbatch_flows.store import Store, open_store
-from gbatch_flows.testing.moto import MotoS3, moto_s3_server
-
-
-@pytest.fixture(scope="session")
-def s3_server() -> Iterator[MotoS3]:
-    """One moto S3 server for the whole test session."""
-    with moto_s3_server() as server:
-        yield server
-
-
-@pytest.fixture(scope="session")
-def s3_bucket(s3_server: MotoS3) -> str:
-    return s3_server.create_bucket()
+from gbatch_flows.testing.moto import MotoS3
 
 
 @dataclass(frozen=True)
