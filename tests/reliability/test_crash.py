@@ -60,22 +60,30 @@ def check_final_state(task_dir: TaskDir, emu, reference_output: bytes, n_request
     return {"batches": len(state.batches), "cost": round(recorded, 6), "records": output.count(b"\n")}
 
 
-@pytest.mark.parametrize("kind", ["local", "s3"])
-def test_sigkill_at_random_moments(kind: str, request: pytest.FixtureRequest, tmp_path: Path, scale: Scale,
-                                   forkserver: Forkserver, figures: dict) -> None:
-    n = scale.n_requests
-    kills = scale.kills_local if kind == "local" else scale.kills_s3
+def stop_campaign(kind: str, request: pytest.FixtureRequest, tmp_path: Path, forkserver: Forkserver, n: int,
+                  stops: int, sig: signal.Signals, figures: dict, seed: int = SEED) -> CampaignResult:
+    """An uninterrupted reference run, then ``stops`` runs of the same task stopped by ``sig`` at seeded random
+    moments (restarted each time) until it finishes; checks the final state against the reference."""
+    label = "sigkill" if sig == signal.SIGKILL else "sigint"
     reference = reference_run(forkserver, make_task_dir(kind, request, tmp_path / "reference"), n,
                               tmp_path / "reference.log")
-    task_dir = make_task_dir(kind, request, tmp_path / "crashed")
+    task_dir = make_task_dir(kind, request, tmp_path / ("crashed" if label == "sigkill" else "interrupted"))
     with run_emulator(EmulatorConfig(batch_duration=BATCH_DURATION)) as emu:
         argv = cli_args(task_dir.task_dir, emu.base_url, n, task_dir.storage_options)
         campaign = Campaign(forkserver, task_dir, argv, options_of(argv), emu, tmp_path / "runs.log",
-                            random.Random(f"{SEED}-{kind}"), reference.times, signal.SIGKILL)
-        result = campaign.run(kills)
+                            random.Random(f"{seed}-{kind}"), reference.times, sig)
+        result = campaign.run(stops)
         campaign.finish()
         final = check_final_state(task_dir, emu, reference.output, n)
-    figures[f"sigkill[{kind}]"] = {"requests": n, **result.figures(), **final}
+    figures[f"{label}[{kind}]"] = {"requests": n, **result.figures(), **final}
+    return result
+
+
+@pytest.mark.parametrize("kind", ["local", "s3"])
+def test_sigkill_at_random_moments(kind: str, request: pytest.FixtureRequest, tmp_path: Path, scale: Scale,
+                                   forkserver: Forkserver, figures: dict) -> None:
+    kills = scale.kills_local if kind == "local" else scale.kills_s3
+    result = stop_campaign(kind, request, tmp_path, forkserver, scale.n_requests, kills, signal.SIGKILL, figures)
     assert result.stops == kills
     # a killed run's lease is taken over by the next run on this host (its pid is gone), never deleted by hand
     log = (tmp_path / "runs.log").read_text()

@@ -5,7 +5,6 @@ uninterrupted run's. Forked runs (many interrupts) on the local disk and S3, plu
 from __future__ import annotations
 
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -17,10 +16,10 @@ import pytest
 from gbatch_flows.emulator import EmulatorConfig, run_emulator
 from gbatch_flows.store import open_store
 
-from .campaign import SIGINT_EXIT_S, Campaign
-from .conftest import BATCH_DURATION, Scale, make_task_dir, reference_run
-from .harness import DUMMY_KEY, Forkserver, TaskDir, cli_args, options_of
-from .test_crash import assert_spread, check_final_state
+from .campaign import SIGINT_EXIT_S
+from .conftest import BATCH_DURATION, Scale, reference_run
+from .harness import DUMMY_KEY, Forkserver, TaskDir, cli_args
+from .test_crash import assert_spread, check_final_state, stop_campaign
 
 SEED = 20241126
 CHILD = Path(__file__).with_name("child.py")
@@ -29,19 +28,9 @@ CHILD = Path(__file__).with_name("child.py")
 @pytest.mark.parametrize("kind", ["local", "s3"])
 def test_ctrl_c_at_random_moments(kind: str, request: pytest.FixtureRequest, tmp_path: Path, scale: Scale,
                                   forkserver: Forkserver, figures: dict) -> None:
-    n = scale.n_requests
     stops = scale.sigints if kind == "local" else max(8, scale.sigints // 2)
-    reference = reference_run(forkserver, make_task_dir(kind, request, tmp_path / "reference"), n,
-                              tmp_path / "reference.log")
-    task_dir = make_task_dir(kind, request, tmp_path / "interrupted")
-    with run_emulator(EmulatorConfig(batch_duration=BATCH_DURATION)) as emu:
-        argv = cli_args(task_dir.task_dir, emu.base_url, n, task_dir.storage_options)
-        campaign = Campaign(forkserver, task_dir, argv, options_of(argv), emu, tmp_path / "runs.log",
-                            random.Random(f"{SEED}-{kind}"), reference.times, signal.SIGINT)
-        result = campaign.run(stops)
-        campaign.finish()
-        final = check_final_state(task_dir, emu, reference.output, n)
-    figures[f"sigint[{kind}]"] = {"requests": n, **result.figures(), **final}
+    result = stop_campaign(kind, request, tmp_path, forkserver, scale.n_requests, stops, signal.SIGINT, figures,
+                           seed=SEED)
     assert result.stops == stops
     log = (tmp_path / "runs.log").read_text()
     assert log.count("interrupted: every completed step is committed") == result.stops
