@@ -17,8 +17,8 @@ from gbatch_flows.engine import limits
 from gbatch_flows.engine.assemble import assemble
 from gbatch_flows.engine.context import Engine
 from gbatch_flows.engine.generate import ensure_task, generate
+from gbatch_flows.engine.push import reserve_and_mark
 from gbatch_flows.engine.runner import RunSummary, choose_mode, counts
-from gbatch_flows.engine.state import TaskState
 from gbatch_flows.store import BlobRef, Manifest, Store, open_store
 
 log = logging.getLogger("gbatch_flows.dryrun")
@@ -69,19 +69,19 @@ class OverlayStore:
 
 
 def plan_pushes(engine: Engine) -> tuple[list[dict[str, Any]], str | None]:
-    """Which assembled batches the push stage would send now, and the limit that would stop it."""
-    state: TaskState = engine.state
+    """Which assembled batches the push stage would send now, and the limit that would stop it.
+
+    Each planned batch is marked pushing with its spend reserved, as a real push does (in the overlay's memory
+    only), so the remote-queue and budget checks of the next one see it."""
     rows: list[dict[str, Any]] = []
-    in_flight = list(state.batches_in("pushing", "pushed"))
     stop = None
-    for batch in state.batches_in("assembled"):
-        stop = limits.remote_refusal(engine.options, state, batch) or limits.spend_refusal(
-            engine.options, state, engine.session_id, batch)
+    for batch in engine.state.batches_in("assembled"):
+        stop = limits.push_refusal(engine.options, engine.state, engine.session_id, batch)
         if stop:
             break
         rows.append({"batch": batch.local_id, "mode": batch.mode, "requests": batch.requests, "tokens": batch.tokens,
                      "max_out": batch.max_out, "mb": round(batch.mb, 3), "worst_cost": round(batch.worst_cost, 6)})
-        in_flight.append(batch)
+        reserve_and_mark(engine, batch, "pushing")
     return rows, stop
 
 

@@ -131,6 +131,11 @@ def spend_refusal(options, state: TaskState, session_id: str, batch: BatchRecord
     return None
 
 
+def push_refusal(options, state: TaskState, session_id: str, batch: BatchRecord) -> str | None:
+    """None when ``batch`` may be pushed now (remote queue, session and task limits); else the limit in the way."""
+    return remote_refusal(options, state, batch) or spend_refusal(options, state, session_id, batch)
+
+
 def reserve(budget: Budget, spend: Spend) -> Budget:
     return Budget(reserved=budget.reserved + spend, settled=budget.settled)
 

@@ -66,9 +66,7 @@ def push(engine: Engine) -> str | None:
         if batch.not_before and time.time() < batch.not_before and state.batches_in("pushing", "pushed"):
             log.info("batch %d waits for the enqueued-token limit: remote batches must finish first", batch.local_id)
             return "enqueued token limit"
-        refusal = limits.remote_refusal(engine.options, state, batch) or limits.spend_refusal(
-            engine.options, state, engine.session_id, batch
-        )
+        refusal = limits.push_refusal(engine.options, state, engine.session_id, batch)
         if refusal:
             log.info("batch %d waits: %s reached", batch.local_id, refusal)
             return refusal

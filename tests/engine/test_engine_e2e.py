@@ -299,3 +299,12 @@ def test_estimates_equal_the_emulators_usage_for_structured_requests(tmp_path):
     assert sum(b.requests for b in batches) == 26 + 5 + 3
     for b in batches:  # every request's prompt estimate equals what the server counted
         assert b.usage.prompt_tokens == b.tokens, b
+
+
+def test_dry_run_plan_counts_its_own_batches_against_the_remote_limits(tmp_path, capsys):
+    from gbatch_flows.engine.dryrun import dry_run
+
+    options = make_options(tmp_path, max_batch_requests=7, max_unpushed_batches=3, max_remote_batches=2)
+    summary = dry_run(EchoTask(n=30), options)
+    assert summary.counts["would_push"] == 2
+    assert "then max_remote_batches stops pushing" in capsys.readouterr().out
