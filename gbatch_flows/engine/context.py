@@ -71,7 +71,17 @@ class Engine:
     def meta(self) -> dict[str, Any]:
         return self.state.require_task().meta
 
-    def prices(self, model: str) -> costs.Prices:
+    @property
+    def azure(self) -> bool:
+        """Talking to Azure OpenAI: batch files and batch creation use its endpoint paths (``/chat/completions``)."""
+        return bool(getattr(self.options, "azure_endpoint", None))
+
+    def prices(self, model: str, endpoint: str | None = None) -> costs.Prices:
+        """Prices of ``model``; zero for a free endpoint (moderations) when ``endpoint`` is given."""
+        if endpoint is not None:
+            return costs.endpoint_prices(self.prices(model), endpoint)
+        if self.azure and getattr(self.options, "azure_price_model", None):
+            model = self.options.azure_price_model  # a deployment priced as the OpenAI model it serves
         key = (model, "local" if self.local_server else "api")
         if key not in self._prices:
             overrides = costs.PriceOverrides(
