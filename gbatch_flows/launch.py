@@ -63,6 +63,7 @@ def api_endpoint(options: Options, task: Task) -> Iterator[tuple[str | None, str
             yield emu.base_url, "sk-emulator", False
         return
     if options.azure_endpoint:
+        check_azure(options)
         yield None, azure_key(options), False  # Azure: OpenAI's prices (see docs/endpoints.md), never zero
         return
     key = resolved_key(options)
@@ -80,6 +81,16 @@ def azure_key(options: Options) -> str | None:
     if options.azure_api_key is not None:
         return options.azure_api_key.get_secret_value()
     return os.environ.get("AZURE_OPENAI_API_KEY") or None
+
+
+def check_azure(options: Options) -> None:
+    """Refuse an Azure setup the client would refuse later, with the fix."""
+    if not azure_key(options) and not os.environ.get("AZURE_OPENAI_AD_TOKEN"):
+        raise SetupError("--azure_endpoint is set but there is no Azure OpenAI key: set AZURE_OPENAI_API_KEY (or "
+                         "AZURE_OPENAI_AD_TOKEN for an Entra ID token)")
+    if not options.azure_api_version and not os.environ.get("OPENAI_API_VERSION"):
+        raise SetupError("--azure_endpoint is set but no api-version: pass --azure_api_version (e.g. "
+                         "2025-03-01-preview) or set OPENAI_API_VERSION")
 
 
 def azure_factories(options: Options, api_key: str | None) -> dict[str, Any]:

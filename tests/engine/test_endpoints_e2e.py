@@ -271,3 +271,60 @@ def test_emulator_serves_responses(tmp_path) -> None:
             want = sum(expected_cost(b["usage"], GPT_4O_MINI, mode) for b in bodies)
             assert sum(b.cost for b in state.batches.values()) == pytest.approx(want, rel=1e-9)
             assert state.totals.settled.tokens > 0
+
+
+class _Ctx:
+    """What the demos' emulator responders read from the emulator's context."""
+
+    choice_index = 0
+    seed = 0
+    model = "gpt-4o-mini"
+    endpoint = "/v1/responses"
+
+
+@pytest.mark.parametrize("mode", ["batch", "direct"])
+def test_both_demos_run_on_responses(tmp_path, mode: str) -> None:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from flows.char_codes import CharCodes
+    from flows.char_codes import emulator_answer as char_answer
+    from flows.utterance_emotion import UtteranceEmotionTask
+    from flows.utterance_emotion import emulator_answer as emotion_answer
+
+    chars = CharCodes({"char_ranges": "0x41-0x44"})
+    server = EndpointServer(answer=lambda endpoint, body: char_answer(body, _Ctx()))
+    with running(server, chars, tmp_path / "c", chat_endpoint="/v1/responses",
+                 force_direct=mode == "direct") as engine:
+        assert run_engine(engine).status == "finished"
+        out = list(records(engine.store, engine.refresh()))
+        check_costs(engine, GPT_4O_MINI, mode)
+    assert [r["character"] for r in out] == ["A", "B", "C", "D"]
+
+    utterances = tmp_path / "utterances.jsonl"
+    utterances.write_text("".join(json.dumps({"id": f"u{i}", "utterance": text}) + "\n"
+                                  for i, text in enumerate(["I love this!", "I hate you", "ok then"])))
+    emotions = UtteranceEmotionTask({"utterances_file": str(utterances)})
+    server = EndpointServer(answer=lambda endpoint, body: emotion_answer(body, _Ctx()))
+    with running(server, emotions, tmp_path / "u", chat_endpoint="/v1/responses",
+                 force_direct=mode == "direct") as engine:
+        assert run_engine(engine).status == "finished"
+        out = list(records(engine.store, engine.refresh()))
+        check_costs(engine, GPT_4O_MINI, mode)
+    assert [r["id"] for r in out] == ["u0", "u1", "u2"]
+    assert all(sum(r["votes"].values()) >= 3 for r in out)  # opinions_min 3, one per Responses request
+
+
+def test_azure_setup_errors_name_the_fix(tmp_path, monkeypatch) -> None:
+    from gbatch_flows.launch import SetupError
+
+    for name in ("AZURE_OPENAI_API_KEY", "AZURE_OPENAI_AD_TOKEN", "OPENAI_API_VERSION"):
+        monkeypatch.delenv(name, raising=False)
+    task = EndpointTask("chat")
+    opts = make_options(tmp_path, azure_endpoint="https://example-resource.openai.azure.com")
+    with pytest.raises(SetupError, match="AZURE_OPENAI_API_KEY"), api_endpoint(opts, task):
+        pass
+    monkeypatch.setenv("AZURE_OPENAI_API_KEY", "azure-test-dummy-key")
+    with pytest.raises(SetupError, match="--azure_api_version"), api_endpoint(opts, task):
+        pass
