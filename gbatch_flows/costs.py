@@ -210,11 +210,14 @@ def _prompt_count(prompt: Any) -> int:
     return 1
 
 
+def is_free(endpoint: str) -> bool:
+    """Whether ``endpoint`` is billed at 0 whatever the token counts (moderations)."""
+    return endpoints.is_supported(endpoint) and endpoints.spec(endpoint).free
+
+
 def endpoint_prices(prices: Prices, endpoint: str | None) -> Prices:
     """``prices``, or zero prices for an endpoint that is free (moderations), whatever the flags say."""
-    if endpoint is not None and endpoints.is_supported(endpoint) and endpoints.spec(endpoint).free:
-        return ZERO_PRICES
-    return prices
+    return ZERO_PRICES if endpoint is not None and is_free(endpoint) else prices
 
 
 def _check_mode(mode: str) -> None:

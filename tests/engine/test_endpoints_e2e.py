@@ -328,3 +328,14 @@ def test_azure_setup_errors_name_the_fix(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("AZURE_OPENAI_API_KEY", "azure-test-dummy-key")
     with pytest.raises(SetupError, match="--azure_api_version"), api_endpoint(opts, task):
         pass
+
+
+def test_an_unpriced_azure_deployment_names_azure_price_model(tmp_path, monkeypatch) -> None:
+    from gbatch_flows.costs import UnknownPriceError
+
+    monkeypatch.setenv("AZURE_OPENAI_API_KEY", "azure-test-dummy-key")
+    task = EndpointTask("chat")
+    opts = make_options(tmp_path, azure_endpoint="https://example-resource.openai.azure.com",
+                        azure_api_version="2025-03-01-preview", model="my-deployment")
+    with open_engine(task, opts, "s1") as engine, pytest.raises(UnknownPriceError, match="--azure_price_model"):
+        prepare(engine, task)
