@@ -84,7 +84,13 @@ def azure_key(options: Options) -> str | None:
 
 
 def check_azure(options: Options) -> None:
-    """Refuse an Azure setup the client would refuse later, with the fix."""
+    """Refuse an Azure setup the client would refuse later (or that names two servers), with the fix."""
+    if not str(options.azure_endpoint).startswith(("http://", "https://")):
+        raise SetupError(f"--azure_endpoint must be an http(s) URL such as https://my-resource.openai.azure.com, "
+                         f"got {options.azure_endpoint!r}")
+    if options.client_base_url:
+        raise SetupError(f"both --azure_endpoint ({options.azure_endpoint}) and --client_base_url "
+                         f"({options.client_base_url}, maybe from OPENAI_BASE_URL) are set: keep one")
     if not azure_key(options) and not os.environ.get("AZURE_OPENAI_AD_TOKEN"):
         raise SetupError("--azure_endpoint is set but there is no Azure OpenAI key: set AZURE_OPENAI_API_KEY (or "
                          "AZURE_OPENAI_AD_TOKEN for an Entra ID token)")

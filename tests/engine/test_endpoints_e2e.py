@@ -328,6 +328,12 @@ def test_azure_setup_errors_name_the_fix(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("AZURE_OPENAI_API_KEY", "azure-test-dummy-key")
     with pytest.raises(SetupError, match="--azure_api_version"), api_endpoint(opts, task):
         pass
+    both = opts.model_copy(update={"azure_api_version": "2025-03-01-preview", "client_base_url": "http://x:1/v1"})
+    with pytest.raises(SetupError, match="keep one"), api_endpoint(both, task):
+        pass
+    bad = opts.model_copy(update={"azure_endpoint": "my-resource.openai.azure.com"})
+    with pytest.raises(SetupError, match="http"), api_endpoint(bad, task):
+        pass
 
 
 def test_an_unpriced_azure_deployment_names_azure_price_model(tmp_path, monkeypatch) -> None:
@@ -339,3 +345,17 @@ def test_an_unpriced_azure_deployment_names_azure_price_model(tmp_path, monkeypa
                         azure_api_version="2025-03-01-preview", model="my-deployment")
     with open_engine(task, opts, "s1") as engine, pytest.raises(UnknownPriceError, match="--azure_price_model"):
         prepare(engine, task)
+
+
+@pytest.mark.parametrize("mode", ["batch", "direct"])
+def test_embeddings_task_through_the_emulator(tmp_path, emulator, mode: str) -> None:
+    """The emulator already serves embeddings: the same cost == usage x price check against it."""
+    task = EndpointTask("embeddings")
+    opts = make_options(tmp_path, model="text-embedding-3-small", force_direct=mode == "direct")
+    with open_engine(task, opts, "s1", base_url=emulator.base_url, api_key=DUMMY_KEY) as engine:
+        prepare(engine, task)
+        assert run_engine(engine).status == "finished"
+        out = list(records(engine.store, engine.refresh()))
+        tokens, cost = check_costs(engine, EMBEDDING_3_SMALL, mode)
+    assert len(out) == 6 and all(len(r["contents"]) == 2 for r in out)
+    assert tokens > 0 and cost > 0
