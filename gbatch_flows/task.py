@@ -24,6 +24,8 @@ __all__ = ["Processed", "RequestSpec", "ResponseInvalid", "Result", "Task", "rec
 
 M = TypeVar("M", bound=pydantic.BaseModel)
 
+RESPONSES_MIN_OUTPUT_TOKENS = 16  # the API refuses a smaller max_output_tokens
+
 META_OPTIONS = (
     "chat_endpoint", "model", "temperature", "top_p", "max_completion_tokens", "completion_ratio",
     "opinions_min", "opinions_max", "confidence",
@@ -149,6 +151,10 @@ class Task:
             if meta.get(name) is not None:
                 payload[name] = meta[name]
         if meta.get("max_completion_tokens") is not None:
+            if meta["max_completion_tokens"] < RESPONSES_MIN_OUTPUT_TOKENS:
+                raise ValueError(f"request {key!r}: /v1/responses needs max_output_tokens >= "
+                                 f"{RESPONSES_MIN_OUTPUT_TOKENS}, the task's max_completion_tokens is "
+                                 f"{meta['max_completion_tokens']}: raise --max_completion_tokens")
             payload["max_output_tokens"] = meta["max_completion_tokens"]
         if response_model is not None:
             payload["text"] = {"format": text_format_for(response_model)}

@@ -161,6 +161,8 @@ def test_responses_request_from_chat_messages() -> None:
     assert get_estimator().estimate(spec.endpoint, payload).total > 0
     with pytest.raises(ValueError, match="no 'n'"):
         Task.chat_request("k", messages, meta, n=3)
+    with pytest.raises(ValueError, match="max_output_tokens >= 16"):
+        Task.chat_request("k", messages, {**meta, "max_completion_tokens": 8})
     assert Task.max_choices(meta) == 1 and Task.max_choices({"chat_endpoint": "/v1/chat/completions"}) is None
 
 
