@@ -102,6 +102,25 @@ class Options(BaseModel):
         "auto", "Bundled OpenAI emulator: 'auto' starts it when there is neither an API key nor a base URL, "
         "'always' always uses it, 'never' never does.", G_API)
 
+    # --- Azure OpenAI (endpoint, api-version, key; the request's model is the deployment name)
+    azure_endpoint: str | None = _opt(None, "Azure OpenAI resource endpoint, e.g. https://my-resource.openai.azure.com "
+                                      "(set = use Azure OpenAI: --model names a deployment).", G_API,
+                                      env="AZURE_OPENAI_ENDPOINT")
+    azure_api_version: str | None = _opt(None, "Azure OpenAI api-version, e.g. 2025-03-01-preview (unset = "
+                                         "OPENAI_API_VERSION).", G_API, env="OPENAI_API_VERSION")
+    azure_api_key: SecretStr | None = _opt(None, "Azure OpenAI API key (prefer the environment variable).",
+                                           G_API, env="AZURE_OPENAI_API_KEY")
+    azure_price_model: str | None = _opt(None, "Price an Azure deployment as this OpenAI model (unset = the "
+                                         "deployment name is looked up in the price table).", G_API)
+
+    @field_validator("azure_api_key")
+    @classmethod
+    def _no_masked_azure_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value() in (SECRET_MASK, ""):
+            raise ValueError("azure_api_key is empty or the masked placeholder '**********'; pass the key through "
+                             "the AZURE_OPENAI_API_KEY environment variable instead")
+        return value
+
     # --- Weights & Biases
     no_wandb: bool = _opt(False, "Do not log to Weights & Biases (log to the console only).", G_WANDB)
     wandb_project: str = _opt("gbatch_flows", "W&B project to log runs to.", G_WANDB, min_length=1)

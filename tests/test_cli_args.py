@@ -98,11 +98,13 @@ def test_every_flag_round_trips_a_non_default_value() -> None:
         "opinions_min": 2, "opinions_max": 5, "confidence": 0.75, "cost_input_direct_mtoken": 0.15,
         "cost_input_cached_mtoken": 0.075, "cost_input_batch_mtoken": 0.075, "cost_output_direct_mtoken": 0.6,
         "cost_output_batch_mtoken": 0.3, "log_level": "DEBUG",
+        "azure_endpoint": "https://example-resource.openai.azure.com", "azure_api_version": "2025-03-01-preview",
+        "azure_api_key": "azure-test-dummy-key", "azure_price_model": "gpt-4o",
     }
     assert set(wanted) == set(Options.model_fields)
     opts = parse_options(_to_argv(wanted), env={})
     for name, value in wanted.items():
-        got = opts.api_key() if name in secret_fields(Options) else getattr(opts, name)
+        got = getattr(opts, name).get_secret_value() if name in secret_fields(Options) else getattr(opts, name)
         assert got == value, name
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from gbatch_flows import costs
+from gbatch_flows import costs, endpoints
 from gbatch_flows.engine import limits
 from gbatch_flows.engine.context import Engine, EngineStop
 from gbatch_flows.engine.state import CURSOR, TASK, Changes, TaskState
@@ -87,9 +87,11 @@ class Packer:
         self.size += len(line) + 1
 
 
-def batch_line(request: dict) -> bytes:
+def batch_line(request: dict, azure: bool = False) -> bytes:
+    """One batch input line; Azure OpenAI wants its own path spelling (``/chat/completions``) as the url."""
     custom_id = f"{request['seq']}-{request['part']}-{request['retry']}"
-    return orjson.dumps({"custom_id": custom_id, "method": "POST", "url": request["endpoint"], "body": request["payload"]})
+    url = endpoints.azure_path(request["endpoint"]) if azure else request["endpoint"]
+    return orjson.dumps({"custom_id": custom_id, "method": "POST", "url": url, "body": request["payload"]})
 
 
 def sidecar_line(request: dict) -> bytes:
@@ -124,8 +126,8 @@ def assemble(engine: Engine, mode: str = "batch", max_new: int | None = None) ->
             if packer.count and (model != packer.model or req["endpoint"] != packer.endpoint):
                 pending = item
                 break
-            line = batch_line(req)
-            cost = costs.worst_case_cost(req["tokens"], req["max_out"], engine.prices(model), mode)
+            line = batch_line(req, engine.azure)
+            cost = costs.worst_case_cost(req["tokens"], req["max_out"], engine.prices(model, req["endpoint"]), mode)
             if not packer.fits(req["tokens"], req["max_out"], cost, len(line) + 1):
                 if not packer.count:
                     _refuse_single(req, caps, cost, len(line), mode)

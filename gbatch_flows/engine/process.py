@@ -14,7 +14,7 @@ from typing import Any
 import openai
 import orjson
 
-from gbatch_flows import api, costs
+from gbatch_flows import api, costs, endpoints
 from gbatch_flows.engine import limits
 from gbatch_flows.engine.context import Engine, EngineStop
 from gbatch_flows.engine.generate import request_dict, write_segment
@@ -29,14 +29,16 @@ TOKEN_LIMIT_CODE = "token_limit_exceeded"
 TOKEN_LIMIT_MAX_WAIT_S = 600.0
 
 
-def usage_of(body: dict[str, Any] | None) -> Usage:
-    usage = (body or {}).get("usage") or {}
-    details = usage.get("prompt_tokens_details") or {}
-    return Usage(
-        prompt_tokens=int(usage.get("prompt_tokens") or 0),
-        completion_tokens=int(usage.get("completion_tokens") or 0),
-        cached_tokens=int(details.get("cached_tokens") or 0),
-    )
+def usage_of(request: Request, body: dict[str, Any] | None) -> tuple[Usage, bool]:
+    """The usage a successful response reports for ``request``'s endpoint, and whether it was readable.
+
+    A body without a readable usage (for an endpoint that reports one) is charged at the request's worst case
+    (estimated prompt tokens + worst-case output, none cached): spend is never settled lower than it may be.
+    """
+    usage = endpoints.usage_of(request.endpoint, body)
+    if usage is None:
+        return Usage(prompt_tokens=request.tokens, completion_tokens=request.max_out), False
+    return usage, True
 
 
 def download_results(engine: Engine, batch: BatchRecord) -> BlobRef:
@@ -90,7 +92,7 @@ class BatchProcessor:
 
     def run(self, results: dict[str, ResultLine]) -> BatchOutcome:
         store = self.engine.store
-        prompt = completion = cached = 0
+        prompt = completion = cached = unreadable = 0
         inputs = store.iter_lines(BlobRef.model_validate(self.batch.input_ref))
         for side_raw, input_raw in zip(store.iter_lines(BlobRef.model_validate(self.batch.sidecar_ref)), inputs):
             side = orjson.loads(side_raw)
@@ -98,11 +100,15 @@ class BatchProcessor:
             line = results.get(request.custom_id)
             usage = None
             if line is not None and line.body is not None:
-                usage = usage_of(line.body)
+                usage, readable = usage_of(request, line.body)
+                unreadable += not readable
                 prompt += usage.prompt_tokens
                 completion += usage.completion_tokens
                 cached += usage.cached_tokens
             self._handle(request, line, usage)
+        if unreadable:
+            log.warning("batch %d: %d responses without a readable usage, charged at their worst case",
+                        self.batch.local_id, unreadable)
         # summed as ints: one Usage model per request instead of three
         self.out.usage = self.out.usage + Usage(prompt_tokens=prompt, completion_tokens=completion,
                                                 cached_tokens=cached)
@@ -115,8 +121,8 @@ class BatchProcessor:
         outcome, reason = api.classify_result(line)
         if outcome is api.Outcome.OK:
             assert line is not None
-            result = Result(request, True, line.body, None, usage if usage is not None else usage_of(line.body),
-                            line, self.batch.mode)
+            result = Result(request, True, line.body, None,
+                            usage if usage is not None else usage_of(request, line.body)[0], line, self.batch.mode)
             try:
                 processed = self.engine.task.process_result(result, self.meta)
             except ResponseInvalid as exc:
@@ -310,9 +316,7 @@ def _commit_processed(engine: Engine, batch: BatchRecord, ref: BlobRef, out: Bat
         segment = write_segment(engine, index, lines, sum(r["tokens"] for r in out.requeue), "retry")
         changes.set(segment_key(index), segment)
         update["next_segment"] = index + 1
-    prices = engine.prices(batch.model)
-    cost = costs.actual_cost(out.usage.model_dump() | {"prompt_tokens_details": {"cached_tokens": out.usage.cached_tokens}},
-                             prices, batch.mode)
+    cost = costs.usage_cost(out.usage, engine.prices(batch.model, batch.endpoint), batch.mode)  # type: ignore[arg-type]
     ratio = out.outcomes.ok / batch.requests if batch.requests else 1.0
     passed = ratio >= engine.options.min_pass_ratio
     update["consecutive_pass_failures"] = 0 if passed else task.consecutive_pass_failures + 1

@@ -13,7 +13,7 @@ import time
 
 import openai
 
-from gbatch_flows import api
+from gbatch_flows import api, endpoints
 from gbatch_flows.engine import limits
 from gbatch_flows.engine.context import Engine, EngineStop
 from gbatch_flows.engine.state import TOTALS, Changes, session_key
@@ -108,7 +108,7 @@ def _create_remote(engine: Engine, batch: BatchRecord) -> None:
             uploaded = engine.client.files.create(file=(f"gbatch_{batch.local_id:06d}.jsonl", fh), purpose="batch")
         remote = engine.client.batches.create(
             input_file_id=uploaded.id,
-            endpoint=batch.endpoint,  # type: ignore[arg-type]
+            endpoint=endpoints.azure_path(batch.endpoint) if engine.azure else batch.endpoint,  # type: ignore[arg-type]
             completion_window="24h",
             metadata=metadata_for(task_id, batch.local_id),
         )
