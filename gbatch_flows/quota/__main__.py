@@ -34,6 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
                               "(your organization's enqueued-token limit)")
     set_cmd.add_argument("--max_daily_cost", type=_limit, default=None, help="USD per UTC day, all tasks together")
     set_cmd.add_argument("--max_monthly_cost", type=_limit, default=None, help="USD per UTC month, all tasks together")
+    set_cmd.add_argument("--max_direct_rpm", type=_limit, default=None,
+                         help="direct-mode requests per minute, split between the tasks sending at the same time")
+    set_cmd.add_argument("--max_direct_tpm", type=_limit, default=None,
+                         help="direct-mode tokens per minute, split between the tasks sending at the same time")
     set_cmd.add_argument("--storage_options", type=json.loads, default=None, help="fsspec options as JSON")
     show = sub.add_parser("show", help="what each task holds now, today's and this month's spend")
     show.add_argument("url")
@@ -49,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         ledger = QuotaLedger(args.url, storage_options=args.storage_options)
         if args.command == "set":
             limits = ModelLimits(model=args.model, max_remote_ktokens=args.max_remote_ktokens,
-                                 max_daily_cost=args.max_daily_cost, max_monthly_cost=args.max_monthly_cost)
+                                 max_daily_cost=args.max_daily_cost, max_monthly_cost=args.max_monthly_cost, max_direct_rpm=args.max_direct_rpm,
+                                 max_direct_tpm=args.max_direct_tpm)
             ledger.set_limits(limits)
             print(format_report(ledger.report()))
         else:

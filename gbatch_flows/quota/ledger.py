@@ -8,6 +8,8 @@ loser of a race reloads and tries again). Its sections:
 ``holds/<task_id>/<local_id>``     tokens in flight and worst-case cost of one batch of one task (``Hold``)
 ``spend/<model>/<YYYY-MM-DD>``     settled cost and tokens of that UTC day
 ``waiting/<model>/<task_id>``      a task waiting for room (first come, first served)
+``direct/<model>/<task_id>``       a task sending direct requests now (its heartbeat): the direct RPM/TPM limits
+                                   are split evenly between the tasks seen in the last ``DIRECT_TTL_S`` seconds
 
 Order of a push, so that a crash anywhere loses no reservation and leaks none for long:
 (1) ``reserve`` here, (2) the task commits its push intent, (3) the batch is created remotely, (4) when the task
@@ -33,6 +35,8 @@ log = logging.getLogger("gbatch_flows.quota")
 
 #: A waiter not seen again for this long has given up (its run ended or died) and no longer blocks others.
 WAITER_TTL_S = 180.0
+#: A direct-mode task not seen for this long no longer takes a share of the direct RPM/TPM limits.
+DIRECT_TTL_S = 30.0
 #: Commit attempts before a busy ledger is reported as an error.
 COMMIT_ATTEMPTS = 50
 #: Batch states (of the task's own manifest) in which a batch still holds its reservation.
@@ -54,6 +58,8 @@ class ModelLimits(_Model):
     max_remote_ktokens: float | None = Field(None, gt=0)
     max_daily_cost: float | None = Field(None, ge=0)
     max_monthly_cost: float | None = Field(None, ge=0)
+    max_direct_rpm: float | None = Field(None, gt=0)
+    max_direct_tpm: float | None = Field(None, gt=0)
 
 
 class Hold(_Model):
@@ -268,6 +274,28 @@ class QuotaLedger:
         """The batch was never created remotely: give back its reservation (nothing was spent)."""
         key = hold_key(task_id, local_id)
         self._update(lambda m: (self._settle_changes(m, key, None, 0), None), f"release {key}")
+
+    # ------------------------------------------------------------------ direct mode
+
+    def direct_share(self, task_id: str, model: str, active: bool = True) -> tuple[float | None, float | None]:
+        """Heartbeat of a task sending direct requests to ``model``; returns its share (rpm, tpm) of the shared
+        direct limits: the limits divided by the number of tasks active now (None = no shared limit).
+        ``active=False`` says the task stopped sending (its share goes back to the others at once)."""
+        key = f"direct/{model}/{task_id}"
+
+        def change(manifest: Manifest) -> tuple[dict[str, Any], tuple[float | None, float | None]]:
+            now = self.clock()
+            limits = self.limits(model, manifest)
+            others = [k for k in manifest.keys(f"direct/{model}/")
+                      if k != key and now - float(manifest.get(k)["seen_at"]) <= DIRECT_TTL_S]
+            n = len(others) + 1
+            share = (None if limits is None or limits.max_direct_rpm is None else limits.max_direct_rpm / n,
+                     None if limits is None or limits.max_direct_tpm is None else limits.max_direct_tpm / n)
+            if not active:
+                return ({key: None} if manifest.get(key) is not None else {}), share
+            return {key: {"task_id": task_id, "seen_at": now}}, share
+
+        return self._update(change, f"direct heartbeat {key}")
 
     # ------------------------------------------------------------------ recovery
 

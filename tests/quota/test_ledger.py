@@ -164,3 +164,18 @@ def test_cli_set_and_show(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     with pytest.raises(SystemExit) as exc:
         quota_main(["set", url, "--model", MODEL, "--max_daily_cost", "-3"])
     assert exc.value.code == 2
+
+
+def test_direct_limits_are_split_between_active_tasks(tmp_path: Path) -> None:
+    now = [1_000_000.0]
+    led = QuotaLedger(str(tmp_path / "q"), clock=lambda: now[0])
+    led.set_limits(ModelLimits(model=MODEL, max_direct_rpm=3000, max_direct_tpm=90_000))
+    assert led.direct_share("a", MODEL) == (3000, 90_000)
+    assert led.direct_share("b", MODEL) == (1500, 45_000)
+    assert led.direct_share("a", MODEL) == (1500, 45_000)
+    led.direct_share("b", MODEL, active=False)
+    assert led.direct_share("a", MODEL) == (3000, 90_000)
+    led.direct_share("c", MODEL)
+    now[0] += 60  # c stopped sending without saying so: its share comes back after DIRECT_TTL_S
+    assert led.direct_share("a", MODEL) == (3000, 90_000)
+    assert QuotaLedger(str(tmp_path / "other")).direct_share("a", MODEL) == (None, None)
