@@ -228,6 +228,8 @@ class QuotaLedger:
                 if mine is not None:
                     changes[wait_key] = None
                 return changes, decision
+            if mine is not None and now - Waiter.model_validate(mine).seen_at < WAITER_TTL_S / 4:
+                return {}, decision  # still fresh in the queue: no commit needed
             waiter = Waiter(task_id=hold.task_id, task=hold.task, model=hold.model, tokens=hold.tokens,
                             cost=hold.cost, since=since, seen_at=now)
             return {wait_key: waiter.model_dump(mode="json")}, decision
@@ -252,16 +254,21 @@ class QuotaLedger:
 
         self._update(change, f"pushed {key} as {remote_id}")
 
-    def _settle_changes(self, manifest: Manifest, key: str, cost: float | None, tokens: int) -> dict[str, Any]:
+    def _settle_changes(self, manifest: Manifest, key: str, cost: float | None, tokens: int,
+                        changes: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Changes (added to ``changes``, which may already hold other settlements of this commit) that drop the
+        hold ``key`` and, when ``cost`` is given, book ``cost`` and ``tokens`` on today's spend."""
+        changes = {} if changes is None else changes
         raw = manifest.get(key)
         if raw is None:
-            return {}
+            return changes
         hold = Hold.model_validate(raw)
-        changes: dict[str, Any] = {key: None}
+        changes[key] = None
         if cost is not None:
             day = _day(self.clock())
             spend_key = f"spend/{hold.model}/{day}"
-            before = self.day_spend(manifest, hold.model, day)
+            pending = changes.get(spend_key)
+            before = DaySpend.model_validate(pending) if pending else self.day_spend(manifest, hold.model, day)
             changes[spend_key] = DaySpend(cost=before.cost + cost, tokens=before.tokens + tokens).model_dump()
         return changes
 
@@ -299,27 +306,27 @@ class QuotaLedger:
 
     # ------------------------------------------------------------------ recovery
 
-    def sync_task(self, task_id: str, batches: Mapping[int, Any]) -> dict[str, int]:
-        """Bring this task's holds in line with its own manifest (``batches``: local id -> record with ``state``,
-        ``cost`` and ``usage``): holds of batches that no longer hold (never pushed, or processed while the run
-        died before settling) are released or settled. Returns how many of each."""
+    def sync_task(self, task_id: str, batches: Mapping[int, tuple[str, float, int]]) -> dict[str, int]:
+        """Bring this task's holds in line with its own manifest (``batches``: local id -> (state, actual cost,
+        actual tokens)): holds of batches that no longer hold (never pushed, or ended while the run died before
+        settling) are released or settled. Returns how many of each."""
         done = {"released": 0, "settled": 0}
 
         def change(manifest: Manifest) -> tuple[dict[str, Any], None]:
             changes: dict[str, Any] = {}
             done.update(released=0, settled=0)
             for key, hold in self.holds(manifest, task_id=task_id).items():
-                batch = batches.get(hold.local_id)
-                state = getattr(batch, "state", None)
+                state, cost, tokens = batches.get(hold.local_id, ("missing", 0.0, 0))
+                if state == "done" and hold.tokens:  # over on the remote: its tokens leave the queue now,
+                    changes[key] = hold.model_copy(update={"tokens": 0}).model_dump(mode="json")  # its cost later
+                    continue
                 if state in HOLDING_STATES:
                     continue
-                if state is None or state == "assembled":
-                    changes.update(self._settle_changes(manifest, key, None, 0))
+                if state in ("missing", "assembled"):
+                    self._settle_changes(manifest, key, None, 0, changes)
                     done["released"] += 1
                 else:  # processed, failed, expired...: settle with what it really cost
-                    usage = getattr(batch, "usage", None)
-                    tokens = int(getattr(usage, "total_tokens", 0) or 0) if usage is not None else 0
-                    changes.update(self._settle_changes(manifest, key, float(getattr(batch, "cost", 0.0)), tokens))
+                    self._settle_changes(manifest, key, cost, tokens, changes)
                     done["settled"] += 1
             return changes, None
 
@@ -349,8 +356,8 @@ class QuotaLedger:
             changes: dict[str, Any] = {}
             for key, hold in stale.items():
                 if m.get(key) is not None:
-                    changes.update(self._settle_changes(m, key, hold.cost if hold.state == "pushed" else None,
-                                                        hold.tokens if hold.state == "pushed" else 0))
+                    self._settle_changes(m, key, hold.cost if hold.state == "pushed" else None,
+                                         hold.tokens if hold.state == "pushed" else 0, changes)
             return changes, [k for k in stale if m.get(k) is not None]
 
         reclaimed = self._update(change, f"reclaim {len(stale)} holds")

@@ -6,7 +6,6 @@ import multiprocessing
 import random
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -80,8 +79,8 @@ def test_sync_task_releases_unpushed_and_settles_processed(ledger: QuotaLedger) 
     for local_id in (1, 2, 3):
         assert ledger.reserve(hold("t", local_id, 500, cost=0.01)).granted
     batches = {
-        1: SimpleNamespace(state="pushed", cost=0.0, usage=None),
-        2: SimpleNamespace(state="processed", cost=0.002, usage=SimpleNamespace(total_tokens=321)),
+        1: ("pushed", 0.0, 0),
+        2: ("processed", 0.002, 321),
         # 3: reserved, then the run died before committing its push intent: not in the manifest
     }
     assert ledger.sync_task("t", batches) == {"released": 1, "settled": 1}
@@ -179,3 +178,10 @@ def test_direct_limits_are_split_between_active_tasks(tmp_path: Path) -> None:
     now[0] += 60  # c stopped sending without saying so: its share comes back after DIRECT_TTL_S
     assert led.direct_share("a", MODEL) == (3000, 90_000)
     assert QuotaLedger(str(tmp_path / "other")).direct_share("a", MODEL) == (None, None)
+
+
+def test_settling_several_holds_in_one_commit_books_each(ledger: QuotaLedger) -> None:
+    for local_id in (1, 2, 3):
+        assert ledger.reserve(hold("t", local_id, 500, cost=0.01)).granted
+    ledger.sync_task("t", {1: ("processed", 0.001, 10), 2: ("processed", 0.002, 20), 3: ("failed", 0.0, 0)})
+    assert ledger.report()["models"][MODEL]["today"] == {"cost": pytest.approx(0.003), "tokens": 30}
