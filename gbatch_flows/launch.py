@@ -12,10 +12,11 @@ from typing import Any
 from urllib.parse import urlparse
 
 from gbatch_flows import api
-from gbatch_flows.engine import operations
+from gbatch_flows.engine import operations, quota_gate
 from gbatch_flows.engine.context import Engine, EngineStop
 from gbatch_flows.engine.generate import ensure_task
 from gbatch_flows.options import Options
+from gbatch_flows.quota import QuotaLedger
 from gbatch_flows.store import Store, open_store
 from gbatch_flows.task import Task
 
@@ -119,6 +120,17 @@ def open_task_store(options: Options, task: Task) -> Store:
         raise SetupError(f"cannot use the task folder {url}: {exc}. Pick a --task_dir you can write to") from exc
 
 
+def open_quota(options: Options) -> QuotaLedger | None:
+    """The shared quota ledger named by --quota_dir (same storage options as the task folder), or None."""
+    if not options.quota_dir:
+        return None
+    try:
+        return QuotaLedger(options.quota_dir, storage_options=options.storage_options or None)
+    except PermissionError as exc:
+        raise SetupError(f"cannot use the quota folder {options.quota_dir}: {exc}. Pick a --quota_dir you can "
+                         "write to") from exc
+
+
 @contextlib.contextmanager
 def open_engine(task: Task, options: Options, session_id: str | None = None, lease: bool = True,
                 base_url: str | None = None, api_key: str | None = None, local_server: bool = False
@@ -145,6 +157,7 @@ def open_engine(task: Task, options: Options, session_id: str | None = None, lea
             }),
             local_server=local_server,
             lease=held,
+            quota=open_quota(options),
         )
         yield engine
     finally:
@@ -164,6 +177,7 @@ def prepare(engine: Engine, task: Task) -> dict[str, Any]:
     meta = task.build_meta(options)
     engine.prices(meta["model"])  # an unknown model without --cost_* flags stops here, before anything is stored
     ensure_task(engine, task.name, meta, reinit_meta=options.reinit_meta)
+    quota_gate.start(engine)
     if options.wipe_requests:
         operations.wipe_requests(engine)
         done["wipe_requests"] = True

@@ -86,6 +86,11 @@ class Options(BaseModel):
                                            "(e.g. '{\"endpoint_url\": \"http://127.0.0.1:9000\"}'). Prefer "
                                            "environment credentials over keys here.", G_TASK)
 
+    quota_dir: str | None = _opt(None, "Shared quota ledger (a local path or s3://bucket/prefix) that every task "
+                                 "using it reserves in before a push: one enqueued-token limit and one daily/monthly "
+                                 "budget per model for many tasks and workers (set it up with `python -m "
+                                 "gbatch_flows.quota set`).", G_TASK, min_length=1)
+
     # --- API and endpoint
     model: str | None = _opt(None, "Model to use instead of the task's default model.", G_API, min_length=1)
     client_base_url: str | None = _opt(None, "Base URL of an OpenAI-compatible server (e.g. "

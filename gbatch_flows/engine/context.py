@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     import openai
 
     from gbatch_flows.options import Options
+    from gbatch_flows.quota import QuotaLedger
 
 log = logging.getLogger("gbatch_flows.engine")
 
@@ -35,6 +36,7 @@ class Engine:
     async_client_factory: Callable[[], openai.AsyncOpenAI]
     local_server: bool = False
     lease: Lease | None = None
+    quota: QuotaLedger | None = None  # the shared quota ledger (--quota_dir), if any
     on_commit: list[Callable[[TaskState], None]] = field(default_factory=list)
     _state: TaskState | None = None
     _prices: dict[tuple[str, str], Any] = field(default_factory=dict)

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from gbatch_flows.engine import limits
+from gbatch_flows.engine import limits, quota_gate
 from gbatch_flows.engine.assemble import assemble
 from gbatch_flows.engine.context import Engine, EngineStop
 from gbatch_flows.engine.direct import DirectStats, run_direct
@@ -103,9 +103,10 @@ def wait_for_batches(engine: Engine, sleep: Callable[[float], None], max_wait_s:
     while True:
         report = poll(engine)
         if report.finished:
+            quota_gate.sync(engine)  # their tokens leave the shared queue now, before they are processed
             return WaitResult(report.finished, waited, False, report.progress)
-        if not engine.state.batches_in("pushed"):
-            sleep(wait)
+        if not engine.state.batches_in("pushed") or quota_gate.waiting(engine):
+            sleep(wait)  # nothing remote to wait for, or the shared quota may have room now: push again soon
             return WaitResult([], waited + wait, False, report.progress)
         if max_wait_s is not None and waited >= max_wait_s:
             return WaitResult([], waited, True, report.progress)
@@ -192,6 +193,7 @@ class Runner:
                 stages.adopt()
             engine.refresh()
             if (summary := verdict(engine, progressed)) is not None:
+                quota_gate.sync(engine)
                 return summary
             waited = WaitResult()
             if not progressed and not engine.state.batches_in("done"):
