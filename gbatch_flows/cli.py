@@ -73,7 +73,8 @@ def main(task_cls: type[Task], argv: list[str] | None = None) -> int:
     setup_logging(options.log_level)
     task = task_cls(params)
     try:
-        if options.no_prefect or options.dryrun:  # a dry run changes nothing: no flow run to record either
+        # a dry run changes nothing and --no_run runs no stage: no flow run to record either
+        if options.no_prefect or options.dryrun or options.no_run:
             from gbatch_flows.runs import run_plain
 
             summary = run_plain(task, options)

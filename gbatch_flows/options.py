@@ -141,7 +141,8 @@ class Options(BaseModel):
                                      ge=1)
 
     # --- Remote queue
-    max_remote_batches: int = _opt(15, "Maximum batches pending on the remote at once.", G_REMOTE, ge=1)
+    max_remote_batches: int = _opt(15, "Maximum batches pending on the remote at once (0 = assemble batches "
+                                   "locally and push none).", G_REMOTE, ge=0)
     max_remote_requests: int = _opt(5_000_000, "Maximum requests in the batches pending on the remote.",
                                     G_REMOTE, ge=1)
     max_remote_mb: float = _opt(10_000.0, "Maximum total size in MB of the batches pending on the remote.",
