@@ -48,7 +48,7 @@ G_BUDGET = "Session and task budgets"
 G_RETRY = "Failures and retries"
 G_PACK = "Packing and polling"
 G_ACTIONS = "Maintenance actions"
-G_META = "Task meta overrides (unset = the task's own default)"
+G_META = "Task meta (fixed at task creation; unset = the stored value, or the task's default for a new task)"
 G_COST = "Price overrides (USD per million tokens; unset = built-in price table)"
 G_LOG = "Logging"
 GROUPS = (G_TASK, G_API, G_WANDB, G_RUN, G_BATCH, G_REMOTE, G_BUDGET, G_RETRY, G_PACK, G_ACTIONS, G_META,
@@ -195,10 +195,13 @@ class Options(BaseModel):
     # --- Maintenance actions
     only_process: bool = _opt(False, "Only wait for and process the batches already pushed: generate and "
                               "push nothing new.", G_ACTIONS)
-    no_run: bool = _opt(False, "Do the requested wipes / re-initialisation, then stop without running the "
-                        "task.", G_ACTIONS)
-    reinit_meta: bool = _opt(False, "Re-initialise the task's stored meta (model, temperature, ...) from the "
-                             "current options.", G_ACTIONS)
+    no_run: bool = _opt(False, "Do the requested wipes / re-initialisation, print the task status (requests, "
+                        "batches, spend, what remains and its estimated cost), then stop without running the task.",
+                        G_ACTIONS)
+    reinit_meta: bool = _opt(False, "Re-initialise the task's stored meta (model, temperature, task parameters, "
+                             "...) from the current options: as in the original, ALL of it (a meta flag not given "
+                             "returns to the task's default); new samples a wider parameter yields are generated.",
+                             G_ACTIONS)
     wipe_requests: bool = _opt(False, "Delete the generated requests and unpushed batches (keeps results and "
                                "outputs).", G_ACTIONS)
     wipe_failed: bool = _opt(False, "Forget the failed requests so they are generated and sent again.",

@@ -34,8 +34,8 @@ def effective_meta(task: TaskInfo | None, meta: dict[str, Any], given: Mapping[s
     differs = {key: (task.meta.get(key), value) for key, value in sorted(given.items()) if task.meta.get(key) != value}
     if differs:
         shown = ", ".join(f"--{key} {value!r} (stored: {stored!r})" for key, (stored, value) in differs.items())
-        raise EngineStop(f"{shown}: the task's metadata was fixed when it was created; pass --reinit_meta to change "
-                         "it, or drop the flag to reuse the stored value")
+        raise EngineStop(f"task metadata differs from the one fixed at task creation: {shown}; pass --reinit_meta "
+                         "to change it, or drop the flag to reuse the stored value")
     return task.meta
 
 
