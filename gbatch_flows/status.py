@@ -145,18 +145,17 @@ def remaining(engine: Engine, observed: CompletionStats | None = None) -> Remain
     from gbatch_flows.engine.assemble import iter_queue
 
     state = engine.state
-    mode = "direct" if engine.options.force_direct else "batch"
+    mode: costs.Mode = "direct" if engine.options.force_direct else "batch"
     mean = observed.mean_tokens() if observed is not None and observed.count else None
     out = Remaining()
     for item in iter_queue(engine, state):
         req = item.request
         prices = engine.prices(req["payload"].get("model", ""))
-        expected_out = req["max_out"] if mean is None else min(req["max_out"], mean)
+        expected_out = req["max_out"] if mean is None else min(req["max_out"], round(mean))
         out.requests += 1
         out.prompt_tokens += req["tokens"]
         out.worst_cost += costs.worst_case_cost(req["tokens"], req["max_out"], prices, mode)
-        out.estimated_cost += costs.worst_case_cost(req["tokens"], 0, prices, mode) + \
-            expected_out * (prices.output_direct if mode == "direct" else prices.output_batch) / 1e6
+        out.estimated_cost += costs.worst_case_cost(req["tokens"], expected_out, prices, mode)
     for batch in state.batches_in(*UNPROCESSED):
         share = 1.0 if mean is None or not batch.max_out else min(1.0, mean * batch.requests / batch.max_out)
         prices = engine.prices(batch.model)

@@ -341,8 +341,9 @@ def _commit_processed(engine: Engine, batch: BatchRecord, ref: BlobRef, out: Bat
     }))
     changes.set(TASK, task.model_copy(update=update))
     engine.commit(changes, f"processed batch {batch.local_id}: {out.outcomes.model_dump()}")
-    log.info("processed batch %d: ok %d, retried %d, failed %d, follow-ups %d, $%.4f", batch.local_id,
-             out.outcomes.ok, out.outcomes.retried, out.outcomes.failed, out.outcomes.followups, cost)
+    log.info("processed batch %d: ok %d, retried %d, failed %d, follow-ups %d, $%.4f; completion tokens max %d, "
+             "p95 %d", batch.local_id, out.outcomes.ok, out.outcomes.retried, out.outcomes.failed,
+             out.outcomes.followups, cost, out.completion.max_tokens, out.completion.p95_tokens())
     if passed is False and update["consecutive_pass_failures"] >= engine.options.max_pass_failures:
         raise EngineStop(_pass_failure_stop(engine, batch.local_id, ratio, update["consecutive_pass_failures"]))
 
