@@ -41,6 +41,7 @@ def split_options(task_cls: type[Task], combined: Options) -> tuple[Options, dic
               if name in given}
     options = Options.model_validate({name: getattr(combined, name) for name in Options.model_fields},
                                      context={"given": given & set(Options.model_fields)})
+    options._adapted = combined.adapted  # the values moved when the command line was read (logged by the run)
     return options, params
 
 
