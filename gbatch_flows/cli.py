@@ -34,8 +34,14 @@ def options_model(task_cls: type[Task]) -> type[Options]:
 
 
 def split_options(task_cls: type[Task], combined: Options) -> tuple[Options, dict[str, Any]]:
-    params = {name: getattr(combined, name) for name in (task_cls.Params.model_fields if task_cls.Params else {})}
-    options = Options.model_validate({name: getattr(combined, name) for name in Options.model_fields})
+    """The run's Options and the task's params: only the params that were given (the others are the task's stored
+    metadata or its defaults); the Options keep which of them were given (``model_fields_set``)."""
+    given = combined.model_fields_set
+    params = {name: getattr(combined, name) for name in (task_cls.Params.model_fields if task_cls.Params else {})
+              if name in given}
+    options = Options.model_validate({name: getattr(combined, name) for name in Options.model_fields},
+                                     context={"given": given & set(Options.model_fields)})
+    options._adapted = combined.adapted  # the values moved when the command line was read (logged by the run)
     return options, params
 
 
@@ -68,7 +74,8 @@ def main(task_cls: type[Task], argv: list[str] | None = None) -> int:
     setup_logging(options.log_level)
     task = task_cls(params)
     try:
-        if options.no_prefect or options.dryrun:  # a dry run changes nothing: no flow run to record either
+        # a dry run changes nothing and --no_run runs no stage: no flow run to record either
+        if options.no_prefect or options.dryrun or options.no_run:
             from gbatch_flows.runs import run_plain
 
             summary = run_plain(task, options)

@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 from gbatch_flows import api
 from gbatch_flows.engine import operations, quota_gate
 from gbatch_flows.engine.context import Engine, EngineStop
-from gbatch_flows.engine.generate import ensure_task
+from gbatch_flows.engine.generate import effective_meta, ensure_task
 from gbatch_flows.options import Options
 from gbatch_flows.quota import QuotaLedger
 from gbatch_flows.store import Store, open_store
@@ -174,9 +174,10 @@ def prepare(engine: Engine, task: Task) -> dict[str, Any]:
         done["wipe_task"] = True
         if options.no_run:
             return done
-    meta = task.build_meta(options)
-    engine.prices(meta["model"])  # an unknown model without --cost_* flags stops here, before anything is stored
-    ensure_task(engine, task.name, meta, reinit_meta=options.reinit_meta)
+    meta, given = task.build_meta(options), task.given_meta(options)
+    model = effective_meta(engine.state.task, meta, given, options.reinit_meta)["model"]
+    engine.prices(model)  # an unknown model without --cost_* flags stops here, before anything is stored
+    ensure_task(engine, task.name, meta, reinit_meta=options.reinit_meta, given=given)
     quota_gate.start(engine)
     if options.wipe_requests:
         operations.wipe_requests(engine)

@@ -1,8 +1,9 @@
 """The Task API: subclass ``Task``, yield requests from ``generate_requests`` and turn results into records in
 ``process_result``. Everything else (limits, batches, retries, state, output) is the engine's job.
 
-Task metadata (model, temperature, ...) is fixed when the task is created in its folder; later runs must use the
-same values unless ``--reinit_meta`` is given, so a half-done task never silently mixes two configurations.
+Task metadata (model, temperature, ...) is fixed when the task is created in its folder; later runs reuse it (their
+meta flags may be left out) and a flag given with another value is refused unless ``--reinit_meta`` is given, so a
+half-done task never silently mixes two configurations.
 """
 
 from __future__ import annotations
@@ -62,16 +63,27 @@ class Task:
 
     # -- metadata -------------------------------------------------------------------------------------------------
     def build_meta(self, options: Any | None = None) -> dict[str, Any]:
-        """The task's metadata: ``default_meta`` with the options that were given on top."""
+        """The task's metadata from scratch: ``default_meta`` and the params, with the options that were given on
+        top (what a new task, or ``--reinit_meta``, stores)."""
         meta = dict(self.default_meta)
         if self.params is not None:
             meta.update(self.params.model_dump(mode="json"))
+        meta.update(self.given_meta(options))
+        return meta
+
+    def given_meta(self, options: Any | None = None) -> dict[str, Any]:
+        """The metadata the user gave explicitly: meta options that are set, and the params that were passed
+        (``model_fields_set``). A later run compares only these with the stored metadata; the rest is reused."""
+        given: dict[str, Any] = {}
+        if self.params is not None:
+            dumped = self.params.model_dump(mode="json")
+            given.update({name: dumped[name] for name in self.params.model_fields_set})
         if options is not None:
             for name in META_OPTIONS:
                 value = getattr(options, name, None)
                 if value is not None:
-                    meta[name] = value
-        return meta
+                    given[name] = value
+        return given
 
     @property
     def output_name(self) -> str:

@@ -195,3 +195,26 @@ def test_task_defaults_with_unknown_key_is_a_programming_error() -> None:
 def test_resolve_options_raises_instead_of_exiting() -> None:
     with pytest.raises(OptionsError, match="opinions_min"):
         resolve_options({"opinions_min": 3, "opinions_max": 2}, env={})
+
+
+def test_split_options_keeps_what_was_given_and_what_adapted() -> None:
+    """The task's command line: the run's Options know which flags were given and which defaults moved."""
+    from pydantic import BaseModel
+
+    from gbatch_flows.cli import options_model, split_options
+    from gbatch_flows.task import Task
+
+    class P(BaseModel):
+        size: int = 3
+
+    class T(Task):
+        name = "t"
+        Params = P
+
+    combined = parse_options(["--max_session_cost", "0.1", "--size", "4"], env={}, model=options_model(T))
+    options, params = split_options(T, combined)
+    assert params == {"size": 4}
+    assert options.model_fields_set == {"max_session_cost"} and options.max_batch_cost == 0.1
+    assert [note.split()[0] for note in options.adapted] == ["max_batch_cost"]
+    _, params = split_options(T, parse_options([], env={}, model=options_model(T)))
+    assert params == {}  # not given: the stored value (or the task's default) is used

@@ -21,12 +21,15 @@ from gbatch_flows.engine.generate import request_dict, write_segment
 from gbatch_flows.engine.protocol import Processed, ResponseInvalid, Result
 from gbatch_flows.engine.state import TASK, TOTALS, Changes, segment_key, session_key
 from gbatch_flows.models import BatchRecord, Outcomes, Request, ResultLine, Spend, Usage
+from gbatch_flows.status import CompletionStats
 from gbatch_flows.store import BlobRef
 
 log = logging.getLogger("gbatch_flows.engine.process")
 
 TOKEN_LIMIT_CODE = "token_limit_exceeded"
 TOKEN_LIMIT_MAX_WAIT_S = 600.0
+#: Remote statuses of batches the server did not finish (their requests are requeued; not a pass failure).
+SERVER_LOST = frozenset({"expired", "lost", "cancelled"})
 
 
 def usage_of(request: Request, body: dict[str, Any] | None) -> tuple[Usage, bool]:
@@ -77,6 +80,7 @@ class BatchOutcome:
     requeue: list[dict[str, Any]] = field(default_factory=list)
     failed: list[bytes] = field(default_factory=list)
     next_part: int = 0
+    completion: CompletionStats = field(default_factory=CompletionStats)
 
 
 class BatchProcessor:
@@ -105,6 +109,8 @@ class BatchProcessor:
                 prompt += usage.prompt_tokens
                 completion += usage.completion_tokens
                 cached += usage.cached_tokens
+                if line.status_code is not None and 200 <= line.status_code < 300:
+                    self.out.completion.add(usage.completion_tokens, usage.prompt_tokens)
             self._handle(request, line, usage)
         if unreadable:
             log.warning("batch %d: %d responses without a readable usage, charged at their worst case",
@@ -115,6 +121,8 @@ class BatchProcessor:
         return self.out
 
     def _handle(self, request: Request, line: ResultLine | None, usage: Usage | None = None) -> None:
+        if self.batch.cancel_requested_at is not None:
+            return  # --wipe_requests cancelled it: its samples are generated again; answers are paid, not used
         if self.force_retry:
             self._retry(request, self.force_retry)
             return
@@ -204,7 +212,7 @@ def process(engine: Engine) -> list[int]:
     """Process every finished batch in local-id order; returns the ids processed."""
     done: list[int] = []
     for batch in engine.state.batches_in("done"):
-        if batch.remote_status == "failed":
+        if batch.remote_status == "failed" and batch.cancel_requested_at is None:
             if _handle_failed_batch(engine, batch):
                 continue
             force_retry = f"batch failed: {_error_summary(batch)}"
@@ -318,8 +326,11 @@ def _commit_processed(engine: Engine, batch: BatchRecord, ref: BlobRef, out: Bat
         update["next_segment"] = index + 1
     cost = costs.usage_cost(out.usage, engine.prices(batch.model, batch.endpoint), batch.mode)  # type: ignore[arg-type]
     ratio = out.outcomes.ok / batch.requests if batch.requests else 1.0
-    passed = ratio >= engine.options.min_pass_ratio
-    update["consecutive_pass_failures"] = 0 if passed else task.consecutive_pass_failures + 1
+    # the server's fault (or a wipe's): not a pass failure
+    judged = not failed_batch and batch.remote_status not in SERVER_LOST and batch.cancel_requested_at is None
+    passed = ratio >= engine.options.min_pass_ratio if judged else None
+    update["consecutive_pass_failures"] = task.consecutive_pass_failures if passed is None else \
+        0 if passed else task.consecutive_pass_failures + 1
     if failed_batch:
         update["failed_batches_processed"] = task.failed_batches_processed + 1
     actual = Spend(requests=batch.requests, tokens=out.usage.total, cost=cost) + batch.lost_spend
@@ -330,15 +341,28 @@ def _commit_processed(engine: Engine, batch: BatchRecord, ref: BlobRef, out: Bat
         "failed_ref": failed_ref.model_dump(mode="json") if failed_ref else None,
         "failure_output_ref": failure_output_ref.model_dump(mode="json") if failure_output_ref else None,
         "outcomes": out.outcomes, "usage": out.usage, "cost": cost, "passed": passed, "processed_at": time.time(),
+        "completion": out.completion.to_dict(),
     }))
     changes.set(TASK, task.model_copy(update=update))
     engine.commit(changes, f"processed batch {batch.local_id}: {out.outcomes.model_dump()}")
-    log.info("processed batch %d: ok %d, retried %d, failed %d, follow-ups %d, $%.4f", batch.local_id,
-             out.outcomes.ok, out.outcomes.retried, out.outcomes.failed, out.outcomes.followups, cost)
-    if update["consecutive_pass_failures"] > engine.options.max_pass_failures:
-        raise EngineStop(
-            f"{update['consecutive_pass_failures']} batches in a row had fewer than {engine.options.min_pass_ratio:.0%} "
-            f"successful requests (last: batch {batch.local_id}, {ratio:.0%}): stopping before more money is spent. "
-            "Look at the failed requests (failed/*.jsonl in the task folder), fix the cause, then rerun "
-            "(--max_pass_failures / --min_pass_ratio change the rule)"
-        )
+    log.info("processed batch %d: ok %d, retried %d, failed %d, follow-ups %d, $%.4f; completion tokens max %d, "
+             "p95 %d", batch.local_id, out.outcomes.ok, out.outcomes.retried, out.outcomes.failed,
+             out.outcomes.followups, cost, out.completion.max_tokens, out.completion.p95_tokens())
+    if passed is False and update["consecutive_pass_failures"] >= engine.options.max_pass_failures:
+        raise EngineStop(_pass_failure_stop(engine, batch.local_id, ratio, update["consecutive_pass_failures"]))
+
+
+def _pass_failure_stop(engine: Engine, local_id: int, ratio: float, streak: int) -> str:
+    """The stop message after ``streak`` failing batches in a row; it names failed files only when there are some."""
+    options = engine.options
+    judged = [b for b in engine.state.batches_in("processed") if b.passed is not None]
+    files = [BlobRef.model_validate(b.failed_ref).path for b in judged[-streak:] if b.failed_ref is not None]
+    if files:
+        where = f"look at the requests that failed for good ({', '.join(files)} in {engine.store.url})"
+    else:
+        where = ("none failed for good yet: their requests were requeued for a retry (the reasons are in the "
+                 "warnings above; --direct_verbose error shows them with the direct API)")
+    return (f"{streak} batches in a row had fewer than {options.min_pass_ratio:.0%} successful requests (last: batch "
+            f"{local_id}, {ratio:.0%}; --max_pass_failures {options.max_pass_failures}): stopping before more money "
+            f"is spent. To go on, {where}, fix the cause, then rerun (--max_pass_failures / --min_pass_ratio change "
+            "the rule)")

@@ -74,8 +74,8 @@ def blocked_reason(engine: Engine) -> str | None:
     if state.batches_in("pushing", "pushed", "done"):
         return None
     waiting = state.batches_in("assembled")
-    if waiting:
-        return limits.spend_refusal(engine.options, state, engine.session_id, waiting[0])
+    if waiting:  # nothing is remote: a remote-queue limit that still refuses (max_remote_batches 0) blocks too
+        return limits.push_refusal(engine.options, state, engine.session_id, waiting[0])
     if state.queued_requests():
         session, task = limits.spend_caps(engine.options, state, engine.session_id)
         for scope, caps in (("session", session), ("task", task)):
@@ -161,7 +161,11 @@ def verdict(engine: Engine, progressed: bool) -> RunSummary | None:
         return RunSummary("stopped", reason, state.generation, counts(state))
     blocked = blocked_reason(engine)
     if blocked and not progressed:
-        return RunSummary("stopped", f"{blocked} reached: nothing more can be sent in this session",
+        from gbatch_flows.status import batch_files
+
+        files = batch_files(engine)
+        where = f"; unpushed batch file(s) to inspect: {', '.join(files)}" if files else ""
+        return RunSummary("stopped", f"{blocked} reached: nothing more can be sent in this session{where}",
                           state.generation, counts(state))
     return None
 
