@@ -79,7 +79,7 @@ def _to_argv(values: dict[str, Any]) -> list[str]:
 
 def test_every_flag_round_trips_a_non_default_value() -> None:
     wanted = {
-        "task_dir": "s3://bucket/prefix", "storage_options": {"anon": True, "client_kwargs": {"x": 1}},
+        "task_dir": "s3://bucket/prefix", "storage_options": {"anon": True, "client_kwargs": {"x": 1}}, "quota_dir": "s3://bucket/quota",
         "model": "gpt-4.1-nano", "client_base_url": "http://127.0.0.1:9/v1", "chat_endpoint": "/v1/other",
         "openai_api_key": DUMMY_KEY, "openai_organization": "org-1", "openai_project": "proj-1",
         "emulator": "never", "no_wandb": True, "wandb_project": "p2", "wandb_name": "n", "wandb_run_id": "r1",

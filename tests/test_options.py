@@ -15,7 +15,7 @@ from gbatch_flows.options import SECRET_MASK, Options, env_vars, redact_mapping,
 DUMMY_KEY = "sk-test-dummy-0123456789-XYZZY"
 
 EXPECTED_DEFAULTS = {
-    "task_dir": "./tasks", "storage_options": {}, "model": None, "client_base_url": None,
+    "task_dir": "./tasks", "storage_options": {}, "quota_dir": None, "model": None, "client_base_url": None,
     "chat_endpoint": "/v1/chat/completions", "openai_api_key": None, "openai_organization": None,
     "openai_project": None, "emulator": "auto", "no_wandb": False, "wandb_project": "gbatch_flows",
     "wandb_name": None, "wandb_run_id": None, "wandb_entity": None, "dryrun": False, "force_direct": False,
