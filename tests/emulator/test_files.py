@@ -50,16 +50,25 @@ def test_list_is_newest_first_with_cursor_pagination_and_purpose_filter(client: 
     assert info.value.body["param"] == "after"
 
 
-def test_upload_checks_purpose_format_and_size(emulator_factory) -> None:
+def test_upload_checks_purpose_content_and_size(emulator_factory) -> None:
     _, client = emulator_factory(max_file_bytes=1000)
+    line = b'{"custom_id": "a"}'
+    exact = line + b" " * (999 - len(line)) + b"\n"
     with pytest.raises(openai.BadRequestError) as info:
-        client.files.create(file=("in.jsonl", b"x" * 1001), purpose="batch")
+        client.files.create(file=("in.jsonl", exact + b"\n"), purpose="batch")
     assert info.value.body["code"] == "file_too_large" and "1000" in info.value.body["message"]
-    assert client.files.create(file=("in.jsonl", b"x" * 1000), purpose="batch").bytes == 1000
+    assert client.files.create(file=("in.jsonl", exact), purpose="batch").bytes == 1000
 
-    with pytest.raises(openai.BadRequestError) as info:
-        client.files.create(file=("in.csv", b"a,b\n"), purpose="batch")
+    with pytest.raises(openai.BadRequestError) as info:  # the content decides, not the name
+        client.files.create(file=("in.jsonl", b"a,b\n1,2\n"), purpose="batch")
+    assert (info.value.body["code"], info.value.body["param"]) == ("invalid_file_format", "file")
     assert ".jsonl" in info.value.body["message"]
+    assert client.files.create(file=("in.csv", line + b"\n"), purpose="batch").filename == "in.csv"
+    with pytest.raises(openai.BadRequestError) as info:
+        client.files.create(file=("in.jsonl", '{"x": "\u00e9"}\n'.encode("latin-1")), purpose="batch")
+    assert "utf-8" in info.value.body["message"]
+    assert client.files.list().data and len(client.files.list().data) == 2  # refused uploads are not kept
+    assert client.files.create(file=("notes.txt", b"plain text"), purpose="user_data").bytes == 10
     with pytest.raises(openai.BadRequestError) as info:
         client.files.create(file=("in.jsonl", b"{}\n"), purpose="nonsense")  # type: ignore[arg-type]
     assert info.value.body["param"] == "purpose"
