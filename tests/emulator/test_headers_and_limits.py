@@ -109,3 +109,29 @@ def test_batch_upload_then_chat_still_works_without_limits(client: openai.OpenAI
     upload(client, chat_requests(1))
     raw = client.chat.completions.with_raw_response.create(**CHAT_BODY)
     assert "x-ratelimit-limit-requests" not in raw.headers and raw.headers["x-request-id"].startswith("req_")
+
+
+def test_the_projects_pacer_gets_no_429_under_short_window_limits(emulator_factory) -> None:
+    """The engine's Pacer (evenly spaced sends, limits adopted from the headers) against the short-window buckets,
+    with several requests in flight at once."""
+    import asyncio
+
+    from gbatch_flows.engine.pacer import Pacer
+
+    emu, _ = emulator_factory(rpm=600, tpm=60_000)
+
+    async def run() -> list[int]:
+        pacer = Pacer(rpm=600, tpm=60_000)
+        statuses: list[int] = []
+        async with httpx.AsyncClient(headers=KEY, timeout=30) as http:
+            async def one() -> None:
+                for _ in range(8):
+                    await pacer.acquire(40)
+                    reply = await http.post(f"{emu.base_url}/chat/completions",
+                                            json={**CHAT_BODY, "max_completion_tokens": 20})
+                    pacer.update_from_headers(reply.headers)
+                    statuses.append(reply.status_code)
+            await asyncio.gather(*(one() for _ in range(4)))
+        return statuses
+
+    assert asyncio.run(run()) == [200] * 32
