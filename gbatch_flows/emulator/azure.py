@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hmac
 import re
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
@@ -55,19 +56,36 @@ def _key_ok(scope: dict[str, Any], expected: str) -> bool:
     return api_key is not None and hmac.compare_digest(api_key.encode(), expected.encode())
 
 
-def azure_target(path: str, query: bytes) -> tuple[str, str | None] | tuple[int, str, str]:
-    """(the /v1 path, the deployment or None) for an Azure path, or (status, code, message) to answer instead."""
+@dataclass(frozen=True)
+class AzureRoute:
+    """Where an Azure request goes: its /v1 path and the deployment named in the URL (if any)."""
+
+    path: str
+    deployment: str | None = None
+
+
+@dataclass(frozen=True)
+class AzureRefusal:
+    """An answer instead of a route (Azure's own error shape and code)."""
+
+    status: int
+    code: str
+    message: str
+
+
+def azure_target(path: str, query: bytes) -> AzureRoute | AzureRefusal:
+    """The /v1 route for an Azure path, or the refusal to answer instead."""
     if path.startswith("/openai/v1/"):
-        return "/v1/" + path[len("/openai/v1/"):], None
+        return AzureRoute("/v1/" + path[len("/openai/v1/"):])
     if "api-version" not in parse_qs(query.decode("latin-1")):
-        return 404, "404", f"{_NOT_FOUND} (Azure OpenAI paths need the api-version query parameter)."
+        return AzureRefusal(404, "404", f"{_NOT_FOUND} (Azure OpenAI paths need the api-version query parameter).")
     match = _DEPLOYMENT.match(path)
     if match is None:
-        return "/v1" + path[len("/openai"):], None
+        return AzureRoute("/v1" + path[len("/openai"):])
     deployment, rest = match.groups()
     if rest.rstrip("/") not in DEPLOYMENT_PATHS:
-        return 404, "404", _NOT_FOUND
-    return "/v1" + rest.rstrip("/"), deployment
+        return AzureRefusal(404, "404", _NOT_FOUND)
+    return AzureRoute("/v1" + rest.rstrip("/"), deployment)
 
 
 class AzureMiddleware:
@@ -88,12 +106,11 @@ class AzureMiddleware:
             await send(message)
 
         target = azure_target(scope["path"], scope.get("query_string", b""))
-        if len(target) == 3:
-            status, code, message = target  # type: ignore[misc]
-            await JSONResponse(error_body(message, "invalid_request_error", None, code),
-                               status_code=status)(scope, receive, send_with_id)
+        if isinstance(target, AzureRefusal):
+            await JSONResponse(error_body(target.message, "invalid_request_error", None, target.code),
+                               status_code=target.status)(scope, receive, send_with_id)
             return
-        path, deployment = target  # type: ignore[misc]
+        path, deployment = target.path, target.deployment
         if config.api_key is not None and not _key_ok(scope, config.api_key):
             await JSONResponse(error_body(_DENIED, "invalid_request_error", None, "401"),
                                status_code=401)(scope, receive, send_with_id)

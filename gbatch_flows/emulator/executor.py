@@ -136,7 +136,7 @@ class RequestExecutor:
     def completions(self, body: dict[str, Any], params: CompletionParams, prompt_tokens: int, *,
                     completion_id: str | None = None, created: int | None = None) -> dict[str, Any]:
         base = request_seed(body)
-        texts = []
+        texts: list[str] = []
         for number, prompt in enumerate(params.prompts):
             view = completion_view(body, params, prompt)
             seed = choice_seed(base, number * 1_000)

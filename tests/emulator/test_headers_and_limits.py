@@ -45,8 +45,10 @@ def test_rate_limit_headers_on_4xx_answers_of_limited_endpoints(emulator_factory
     unknown_model = httpx.post(f"{base}/responses", json={"model": "nope", "input": "x"}, headers=KEY)
     no_model = httpx.post(f"{base}/completions", json={"prompt": "x"}, headers=KEY)
     bad_moderation = httpx.post(f"{base}/moderations", json={}, headers=KEY)
+    curator_probe = httpx.post(f"{base}/chat/completions", json={"model": "gpt-4o-mini", "messages": []},
+                               headers=KEY)  # how Curator reads the limits before a run
     for reply, status in ((bad_body, 400), (not_json, 400), (unknown_model, 404), (no_model, 400),
-                          (bad_moderation, 400)):
+                          (bad_moderation, 400), (curator_probe, 400)):
         assert reply.status_code == status, reply.text
         assert reply.headers["x-ratelimit-limit-requests"] == "100"
         assert reply.headers["x-ratelimit-limit-tokens"] == "10000"
