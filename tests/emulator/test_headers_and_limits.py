@@ -60,12 +60,14 @@ def test_rate_limit_headers_on_4xx_answers_of_limited_endpoints(emulator_factory
 
 
 def _send(base: str, count: int, spacing: float = 0.0) -> list[httpx.Response]:
+    """`count` chat requests, back to back or each at least `spacing` seconds after the previous one (a stalled
+    client does not catch up with a burst)."""
     replies = []
-    start = time.monotonic()
+    last = -spacing
     with httpx.Client(headers=KEY, timeout=30) as http:
-        for i in range(count):
-            if spacing:
-                time.sleep(max(0.0, start + i * spacing - time.monotonic()))
+        for _ in range(count):
+            time.sleep(max(0.0, last + spacing - time.monotonic()))
+            last = time.monotonic()
             replies.append(http.post(f"{base}/chat/completions", json=CHAT_BODY))
     return replies
 
