@@ -186,19 +186,35 @@ def _curator_site() -> Path | None:
                 "bespokelabs-curator, or set GBATCH_COMPAT_CURATOR_SITE to a `pip install --target` folder with it")
 
 
-@pytest.mark.slow
-def test_third_party_batch_client_curator(tmp_path: Path) -> None:
+def _run_curator(mode: str, emu: RunningEmulator, cache: Path, prompts: list[str]) -> dict[str, Any]:
     site = _curator_site()
     env = dict(os.environ)
     if site is not None:
         env["PYTHONPATH"] = str(site)
+    done = subprocess.run([sys.executable, str(SCRIPT.with_name("curator_client.py")), mode, emu.base_url,
+                           str(cache), *prompts], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_third_party_batch_client_curator(tmp_path: Path) -> None:
     prompts = ["alpha", "beta", "gamma"]
     with run_emulator(EmulatorConfig(batch_duration=0.5)) as emu:
-        done = subprocess.run([sys.executable, str(SCRIPT.with_name("curator_client.py")), emu.base_url,
-                               str(tmp_path), *prompts], env=env, capture_output=True, text=True, timeout=600)
+        seen = _run_curator("batch", emu, tmp_path, prompts)
         stats = emu.stats()
-    assert done.returncode == 0, done.stderr[-4000:]
-    responses = json.loads(done.stdout.strip().splitlines()[-1])["responses"]
-    assert [r.split(".")[0] for r in responses] == [f"Emulated reply to: {p}" for p in prompts]
+    assert [r.split(".")[0] for r in seen["responses"]] == [f"Emulated reply to: {p}" for p in prompts]
     assert stats["files_created"] == 1 and stats["batches_created"] == 1  # raw bytes named "upload", one batch
     assert stats["responses_by_status"].keys() == {"200"}
+
+
+@pytest.mark.slow
+def test_third_party_client_curator_online_reads_limits_from_a_400(tmp_path: Path) -> None:
+    prompts = [f"prompt {i}" for i in range(30)]
+    with run_emulator(EmulatorConfig(rpm=300, tpm=200_000)) as emu:
+        seen = _run_curator("online", emu, tmp_path, prompts)
+        stats = emu.stats()
+    assert seen["limits"] == [300, 200_000]  # read from the headers of the 400 answer to its probe
+    assert sorted(r.split(".")[0] for r in seen["responses"]) == sorted(f"Emulated reply to: {p}" for p in prompts)
+    assert stats["responses_by_status"]["400"] == 1 and stats["responses_by_status"]["200"] == 30
+    assert stats["responses_429"] == stats["rate_limited"]  # any burst beyond the short window was refused
