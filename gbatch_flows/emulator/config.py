@@ -65,6 +65,8 @@ DEFAULT_MODELS: tuple[str, ...] = (
     "gpt-5-nano",
     "text-embedding-3-small",
     "text-embedding-3-large",
+    "gpt-3.5-turbo-instruct",
+    "omni-moderation-latest",
 )
 
 

@@ -70,7 +70,6 @@ class RequestExecutor:
             params = check_completion_request(body)
         elif endpoint == MODERATIONS:
             params = check_moderation_request(body)
-            return params  # moderation models are not chat models: never "not found"
         else:
             raise ApiError(404, f"Invalid URL (POST {endpoint})")
         self.check_model(params.model)
