@@ -314,7 +314,7 @@ def _commit_processed(engine: Engine, batch: BatchRecord, ref: BlobRef, out: Bat
     cost = costs.actual_cost(out.usage.model_dump() | {"prompt_tokens_details": {"cached_tokens": out.usage.cached_tokens}},
                              prices, batch.mode)
     ratio = out.outcomes.ok / batch.requests if batch.requests else 1.0
-    passed = ratio >= engine.options.min_pass_ratio
+    passed = ratio >= engine.options.min_pass_ratio or batch.remote_status == "lost"  # a requeue, not a failure
     update["consecutive_pass_failures"] = 0 if passed else task.consecutive_pass_failures + 1
     if failed_batch:
         update["failed_batches_processed"] = task.failed_batches_processed + 1
