@@ -49,7 +49,7 @@ def adopt_pushing(engine: Engine) -> int:
     for batch in engine.state.batches_in("pushing"):
         if batch.mode == "batch" and (remote_id := find_remote(engine, batch)) is not None:
             remote = engine.client.batches.retrieve(remote_id)
-            _commit_pushed(engine, batch, remote_id, remote.input_file_id, remote.status)
+            commit_pushed(engine, batch, remote_id, remote.input_file_id, remote.status)
             adopted += 1
     return adopted
 
@@ -104,7 +104,7 @@ def _resume_pushing(engine: Engine, batch: BatchRecord) -> None:
 def _adopt(engine: Engine, batch: BatchRecord, remote_id: str) -> None:
     remote = engine.client.batches.retrieve(remote_id)
     engine.fence.resolved("batch", batch.local_id)
-    _commit_pushed(engine, batch, remote_id, remote.input_file_id, remote.status)
+    commit_pushed(engine, batch, remote_id, remote.input_file_id, remote.status)
 
 
 def upload_name(task_id: str, batch: BatchRecord) -> str:
@@ -127,10 +127,13 @@ def _upload(engine: Engine, batch: BatchRecord, task_id: str) -> str | None:
     window has closed. None when there is no file yet (tried again in the next push round)."""
     fence = engine.fence
     name = upload_name(task_id, batch)
+    if name in fence.uploaded:  # uploaded before a batch create that failed
+        return fence.uploaded[name]
     since = (batch.pushing_since or time.time()) - ADOPT_LOOKBACK_S
     if ("upload", batch.local_id) in fence.unknown_since:
         if (found := find_upload(engine, name, since)) is not None:
             fence.resolved("upload", batch.local_id)
+            fence.uploaded[name] = found
             return found
         if not fence.may_create_again("upload", batch.local_id):
             return None
@@ -144,10 +147,14 @@ def _upload(engine: Engine, batch: BatchRecord, task_id: str) -> str | None:
             fence.mark_unknown("upload", batch.local_id)
             log.warning("upload of batch %d: outcome unknown (%s); looking it up by name before uploading again",
                         batch.local_id, api.describe_exception(exc))
-            return find_upload(engine, name, since)
+            if (found := find_upload(engine, name, since)) is not None:
+                fence.resolved("upload", batch.local_id)
+                fence.uploaded[name] = found
+            return found
         log.warning("upload of batch %d failed, will retry: %s", batch.local_id, api.describe_exception(exc))
         return None
     fence.resolved("upload", batch.local_id)
+    fence.uploaded[name] = uploaded.id
     return uploaded.id
 
 
@@ -187,7 +194,7 @@ def _create_remote(engine: Engine, batch: BatchRecord) -> None:
         cancel_remote(engine, remote.id, f"local batch {batch.local_id} was created after this run lost its lease")
         raise lost
     fence.resolved("batch", batch.local_id)
-    _commit_pushed(engine, batch, remote.id, file_id, remote.status)
+    commit_pushed(engine, batch, remote.id, file_id, remote.status)
 
 
 def cancel_remote(engine: Engine, remote_id: str, why: str, quiet: bool = False) -> bool:
@@ -204,7 +211,7 @@ def cancel_remote(engine: Engine, remote_id: str, why: str, quiet: bool = False)
     return True
 
 
-def _commit_pushed(engine: Engine, batch: BatchRecord, remote_id: str, file_id: str, status: str) -> None:
+def commit_pushed(engine: Engine, batch: BatchRecord, remote_id: str, file_id: str, status: str) -> None:
     current = engine.state.batches[batch.local_id]
     changes = Changes()
     changes.batch(
