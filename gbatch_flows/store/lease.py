@@ -301,14 +301,21 @@ def _holder_is_dead(record: LeaseRecord) -> bool:
     """
     if not _same_pid_space(record) or record.pid == os.getpid():
         return False
-    try:
-        os.kill(record.pid, 0)
-    except ProcessLookupError:
-        log.warning("the lease holder %s (pid %d on this host) is gone: taking its lease over", record.owner, record.pid)
-        return True
-    except PermissionError:
+    if _pid_alive(record.pid):
         return False
-    return False
+    log.warning("the lease holder %s (pid %d on this host) is gone: taking its lease over", record.owner, record.pid)
+    return True
+
+
+def _pid_alive(pid: int) -> bool:
+    """True when a process ``pid`` exists in this PID namespace (or may: not ours to signal)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _predecessor_window(current: LeaseRecord | None, owner: str, dead: bool, create_timeout_s: float | None) -> float:
