@@ -10,7 +10,7 @@ import openai
 
 from gbatch_flows import api
 from gbatch_flows.engine.context import Engine
-from gbatch_flows.engine.push import cancel_remote, find_remote
+from gbatch_flows.engine.push import cancel_remote, find_remote, lookup
 from gbatch_flows.engine.state import Changes
 from gbatch_flows.models import BatchRecord
 
@@ -78,7 +78,9 @@ def _confirmed_gone(engine: Engine, batch: BatchRecord, changes: Changes) -> boo
     """A 404 on retrieve: look the batch up by metadata now and again ``gone_confirm_s`` later; only a batch
     missing from both listings is given up (its requests requeued). A batch found again is kept or adopted."""
     fence = engine.fence
-    found = find_remote(engine, batch)
+    looked_up, found = lookup(engine, f"looking up batch {batch.local_id}", find_remote, batch)
+    if not looked_up:
+        return False
     if found is not None:
         fence.gone_since.pop(batch.local_id, None)
         if found != batch.remote_id:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from typing import Any
 
 import openai
 
@@ -43,13 +45,25 @@ def find_remote(engine: Engine, batch: BatchRecord) -> str | None:
     return None
 
 
+def lookup(engine: Engine, doing: str, find: Callable[..., str | None], *args: Any) -> tuple[bool, str | None]:
+    """(looked up, found id): a look-up that failed (a retryable error) leaves the outcome unknown, so nothing may
+    be created; an authentication error stops the run."""
+    try:
+        return True, find(engine, *args)
+    except openai.OpenAIError as exc:
+        _raise_if_fatal(exc, doing)
+        log.warning("%s failed, will retry: %s", doing, api.describe_exception(exc))
+        return False, None
+
+
 def adopt_pushing(engine: Engine) -> int:
     """Adopt the remote twins of batches a crashed run left ``pushing``; creates nothing. Returns how many."""
     adopted = 0
     for batch in engine.state.batches_in("pushing"):
-        if batch.mode == "batch" and (remote_id := find_remote(engine, batch)) is not None:
-            remote = engine.client.batches.retrieve(remote_id)
-            commit_pushed(engine, batch, remote_id, remote.input_file_id, remote.status)
+        if batch.mode != "batch":
+            continue
+        _, remote_id = lookup(engine, f"looking up batch {batch.local_id}", find_remote, batch)
+        if remote_id is not None and _adopt(engine, batch, remote_id):
             adopted += 1
     return adopted
 
@@ -91,7 +105,9 @@ def reserve_and_mark(engine: Engine, batch: BatchRecord, new_state: str) -> Batc
 
 
 def _resume_pushing(engine: Engine, batch: BatchRecord) -> None:
-    remote_id = find_remote(engine, batch)
+    looked_up, remote_id = lookup(engine, f"looking up batch {batch.local_id}", find_remote, batch)
+    if not looked_up:
+        return
     if remote_id is not None:
         log.info("adopting remote batch %s for local batch %d (created before a restart or a lost answer)",
                  remote_id, batch.local_id)
@@ -101,10 +117,17 @@ def _resume_pushing(engine: Engine, batch: BatchRecord) -> None:
         _create_remote(engine, batch)
 
 
-def _adopt(engine: Engine, batch: BatchRecord, remote_id: str) -> None:
-    remote = engine.client.batches.retrieve(remote_id)
+def _adopt(engine: Engine, batch: BatchRecord, remote_id: str) -> bool:
+    try:
+        remote = engine.client.batches.retrieve(remote_id)
+    except openai.OpenAIError as exc:
+        _raise_if_fatal(exc, f"reading remote batch {remote_id}")
+        log.warning("adopting %s for batch %d failed, will retry: %s", remote_id, batch.local_id,
+                    api.describe_exception(exc))
+        return False
     engine.fence.resolved("batch", batch.local_id)
     commit_pushed(engine, batch, remote_id, remote.input_file_id, remote.status)
+    return True
 
 
 def upload_name(task_id: str, batch: BatchRecord) -> str:
@@ -131,7 +154,10 @@ def _upload(engine: Engine, batch: BatchRecord, task_id: str) -> str | None:
         return fence.uploaded[name]
     since = (batch.pushing_since or time.time()) - ADOPT_LOOKBACK_S
     if ("upload", batch.local_id) in fence.unknown_since:
-        if (found := find_upload(engine, name, since)) is not None:
+        looked_up, found = lookup(engine, f"looking up the upload of batch {batch.local_id}", find_upload, name, since)
+        if not looked_up:
+            return None
+        if found is not None:
             fence.resolved("upload", batch.local_id)
             fence.uploaded[name] = found
             return found
@@ -147,7 +173,8 @@ def _upload(engine: Engine, batch: BatchRecord, task_id: str) -> str | None:
             fence.mark_unknown("upload", batch.local_id)
             log.warning("upload of batch %d: outcome unknown (%s); looking it up by name before uploading again",
                         batch.local_id, api.describe_exception(exc))
-            if (found := find_upload(engine, name, since)) is not None:
+            _, found = lookup(engine, f"looking up the upload of batch {batch.local_id}", find_upload, name, since)
+            if found is not None:
                 fence.resolved("upload", batch.local_id)
                 fence.uploaded[name] = found
             return found
@@ -186,7 +213,8 @@ def _create_remote(engine: Engine, batch: BatchRecord) -> None:
         fence.mark_unknown("batch", batch.local_id)
         log.warning("creating batch %d: outcome unknown (%s); looking it up by metadata before creating it again",
                     batch.local_id, api.describe_exception(exc))
-        if (remote_id := find_remote(engine, batch)) is not None:
+        _, remote_id = lookup(engine, f"looking up batch {batch.local_id}", find_remote, batch)
+        if remote_id is not None:
             log.info("the create of batch %d took effect: adopting %s", batch.local_id, remote_id)
             _adopt(engine, batch, remote_id)
         return
