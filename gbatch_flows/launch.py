@@ -88,6 +88,9 @@ def open_engine(task: Task, options: Options, session_id: str | None = None, lea
     store = open_task_store(options, task)
     try:
         timing = Timing.from_env()
+    except ValueError as exc:
+        raise SetupError(f"{exc} (a test setting: unset it to use the defaults)") from None
+    try:
         held = store.acquire_lease(ttl_s=timing.lease_ttl_s, create_timeout_s=timing.create_timeout_s) if lease else None
     except PermissionError as exc:
         raise SetupError(f"cannot write to the task folder {store.url} ({exc.strerror or exc}): fix its "

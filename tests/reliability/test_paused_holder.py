@@ -62,11 +62,14 @@ def _round(seed: int, tmp_path: Path, forkserver: Forkserver) -> dict:
                 successor.close()
         stats = emu.stats()
     holder_log = Path(tmp_path / f"holder{seed}.log").read_text()
-    assert holder_code == 1, holder_log[-3000:]
-    assert "lost the lease" in holder_log and "Traceback" not in holder_log, holder_log[-3000:]
-    state = task_dir.state()
-    check_remote_consistency(state, stats["batches_by_local_id"])  # no local batch created twice
-    assert_complete_output(task_dir.output(), N_REQUESTS)
+    context = f"round {seed}: frozen {delay:.3f} s after '{wanted}' (holder exit {holder_code}); holder log:\n"
+    assert holder_code == 1, context + holder_log[-3000:]
+    assert "lost the lease" in holder_log and "Traceback" not in holder_log, context + holder_log[-3000:]
+    try:
+        check_remote_consistency(task_dir.state(), stats["batches_by_local_id"])  # no local batch created twice
+        assert_complete_output(task_dir.output(), N_REQUESTS)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{context}{holder_log[-3000:]}\nsuccessor log:\n{successor_log[-3000:]}") from None
     return {"seed": seed, "frozen_in_batch": target, "delay_s": round(delay, 3),
             "frozen_s": round(time.time() - frozen_at, 1),
             "adopted": "adopting remote batch" in successor_log,
