@@ -268,8 +268,8 @@ class Lease:
 
 def _read_text(path: str) -> str | None:
     try:
-        with open(path, encoding="ascii") as handle:
-            return handle.read().strip() or None
+        with open(path, "rb") as handle:  # binary: no codec lookup (a run whose uid cannot import codecs still works)
+            return handle.read().decode(errors="replace").strip() or None
     except OSError:
         return None
 
