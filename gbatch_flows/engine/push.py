@@ -4,6 +4,11 @@ Protocol: (1) commit the intent (state ``pushing``, spend reserved); (2) upload 
 ``metadata = {gbatch_task, gbatch_local_id}``; (3) commit ``pushed`` with the remote id. A run that died between (1)
 and (3) finds the batch ``pushing`` and first looks for a remote batch carrying its metadata to adopt; only when
 none exists is it pushed again.
+
+Exactly once at the edges (fencing.py): the upload and the batch create are never re-sent by the client
+(``engine.create_client``), each is preceded by a lease check with the create timeout left, and one whose outcome
+is unknown (lost answer, timeout, 5xx) is looked up (the upload by its name, the batch by its metadata) and only
+created again once its create window has closed. A batch created after the lease was lost is cancelled.
 """
 
 from __future__ import annotations
