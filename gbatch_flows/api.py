@@ -43,7 +43,8 @@ def _client_args(api_key: str | None, base_url: str | None, organization: str | 
 
 def make_client(api_key: str | None, base_url: str | None = None, organization: str | None = None,
                 project: str | None = None, max_retries: int = 5, timeout: float = 600.0) -> openai.OpenAI:
-    """The sync client used for files and batches (the client retries connection errors, 429 and 5xx itself)."""
+    """The sync client used for files and batches. It retries connection errors, 429 and 5xx itself, which is
+    right for reads only: calls that create something go through ``no_retry(client, timeout)``."""
     return openai.OpenAI(max_retries=max_retries, **_client_args(api_key, base_url, organization, project, timeout))
 
 
@@ -71,6 +72,21 @@ def classify_exception(exc: BaseException) -> Outcome:
     if isinstance(exc, openai.APIStatusError):
         return classify_status(exc.status_code, _error_code(exc.body))
     return Outcome.FATAL
+
+
+def outcome_unknown(exc: BaseException) -> bool:
+    """True when a call that creates something may have taken effect although it failed: the connection broke or
+    timed out after the request was sent, or the server answered 5xx (503 "overloaded" is a refusal). Resolve such
+    an outcome by looking the object up, never by sending again blindly; charge a direct call at its worst case."""
+    if isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError)):
+        return True
+    return isinstance(exc, openai.APIStatusError) and exc.status_code >= 500 and exc.status_code != 503
+
+
+def no_retry(client: openai.OpenAI, timeout: float) -> openai.OpenAI:
+    """The client for calls that create something remotely: no automatic re-send (a lost answer to a create would
+    create it again) and the given timeout (the create window a successor waits out)."""
+    return client.with_options(max_retries=0, timeout=timeout)
 
 
 def _error_code(body: Any) -> str | None:

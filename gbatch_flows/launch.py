@@ -14,6 +14,7 @@ from urllib.parse import urlparse
 from gbatch_flows import api
 from gbatch_flows.engine import operations, quota_gate
 from gbatch_flows.engine.context import Engine, EngineStop
+from gbatch_flows.engine.fencing import Timing
 from gbatch_flows.engine.generate import effective_meta, ensure_task
 from gbatch_flows.options import Options
 from gbatch_flows.quota import QuotaLedger
@@ -138,7 +139,11 @@ def open_engine(task: Task, options: Options, session_id: str | None = None, lea
     """An Engine holding the task's lease (released on exit, also on Ctrl+C)."""
     store = open_task_store(options, task)
     try:
-        held = store.acquire_lease(ttl_s=60.0) if lease else None
+        timing = Timing.from_env()
+    except ValueError as exc:
+        raise SetupError(f"{exc} (a test setting: unset it to use the defaults)") from None
+    try:
+        held = store.acquire_lease(ttl_s=timing.lease_ttl_s, create_timeout_s=timing.create_timeout_s) if lease else None
     except PermissionError as exc:
         raise SetupError(f"cannot write to the task folder {store.url} ({exc.strerror or exc}): fix its "
                          "permissions or pick a --task_dir you can write to") from exc
@@ -158,6 +163,7 @@ def open_engine(task: Task, options: Options, session_id: str | None = None, lea
             local_server=local_server,
             lease=held,
             quota=open_quota(options),
+            timing=timing,
         )
         yield engine
     finally:

@@ -10,6 +10,7 @@ from typing import Any
 from gbatch_flows import reporting, status
 from gbatch_flows.engine.context import Engine
 from gbatch_flows.engine.output import write_output
+from gbatch_flows.engine.reconcile import reconcile_at_end
 from gbatch_flows.engine.runner import RunSummary, counts, run_engine
 from gbatch_flows.launch import api_endpoint, open_engine, prepare
 from gbatch_flows.monitor import make_monitor
@@ -92,6 +93,7 @@ def run_plain(task: Task, options: Options, session_id: str | None = None,
             engine.on_commit.append(report)
             try:
                 summary = run_engine(engine)
+                reconcile_at_end(engine)  # the remote is the truth for spend: count what the manifest missed
                 report(engine.state, force=True)
                 url, n = finish_output(engine, task)
                 log.info("output: %d records in %s", n, url)

@@ -34,7 +34,9 @@ OPERATIONS: dict[str, tuple[str, str]] = {
     "models.retrieve": ("GET", "/v1/models/{model}"),
 }
 
-HttpFault = Literal["http_500", "http_503", "http_429", "drop_connection", "upload_error"]
+HttpFault = Literal["http_500", "http_503", "http_429", "drop_connection", "upload_error", "answer_lost", "slow_answer"]
+#: faults that let the operation take effect and then spoil its answer (lost on the wire, or late)
+AFTER_FAULTS: frozenset[str] = frozenset({"answer_lost", "slow_answer"})
 BatchEndFault = Literal["batch_failed", "batch_expired", "batch_cancelled"]
 LineFault = Literal["lines_missing", "lines_malformed", "request_errors"]
 FaultKind = Literal[
@@ -43,6 +45,8 @@ FaultKind = Literal[
     "http_429",
     "drop_connection",
     "upload_error",
+    "answer_lost",
+    "slow_answer",
     "batch_failed",
     "batch_expired",
     "batch_cancelled",
@@ -92,7 +96,10 @@ def normalize_op(name: str) -> str:
 class FaultRule(BaseModel):
     """A scripted fault: the `nth` call (1-based, counted since the faults were set) of `op` gets `fault`.
 
-    HTTP faults (`http_500`, `http_503`, `http_429`, `drop_connection`, `upload_error`) answer the call itself.
+    HTTP faults (`http_500`, `http_503`, `http_429`, `drop_connection`, `upload_error`) answer the call itself,
+    before the operation runs. `answer_lost` runs the operation (it takes effect: a file or batch is created, a
+    completion is billed) and then drops the connection instead of answering; `slow_answer` runs it and answers
+    `delay_s` seconds late (a client with a shorter timeout gives up: the outcome is unknown to it).
     Batch faults (`batch_failed`, `batch_expired`, `batch_cancelled`, `lines_missing`, `lines_malformed`,
     `request_errors`) need `op="batches.create"` and shape the batch that call creates.
     """
@@ -106,6 +113,7 @@ class FaultRule(BaseModel):
     fraction: float = Field(default=0.1, ge=0.0, le=1.0, description="line faults: share of lines affected")
     custom_ids: list[str] | None = Field(default=None, description="line faults: exactly these requests")
     status_code: int | None = Field(default=None, description="request_errors: 400/429/500; None = mixed")
+    delay_s: float = Field(default=2.0, ge=0.0, description="slow_answer: seconds the answer is held back")
 
     @field_validator("op")
     @classmethod
@@ -131,6 +139,9 @@ class FaultRates(BaseModel):
     http_429: float = Field(default=0.0, ge=0.0, le=1.0)
     drop_connection: float = Field(default=0.0, ge=0.0, le=1.0)
     upload_error: float = Field(default=0.0, ge=0.0, le=1.0, description="per files.create call")
+    answer_lost: float = Field(default=0.0, ge=0.0, le=1.0, description="the operation runs, its answer is dropped")
+    slow_answer: float = Field(default=0.0, ge=0.0, le=1.0, description="the operation runs, its answer is late")
+    slow_answer_s: float = Field(default=2.0, ge=0.0, description="how late a slow answer is")
     batch_failed: float = Field(default=0.0, ge=0.0, le=1.0, description="per created batch")
     batch_expired: float = Field(default=0.0, ge=0.0, le=1.0, description="per created batch")
     batch_cancelled: float = Field(default=0.0, ge=0.0, le=1.0, description="per created batch")

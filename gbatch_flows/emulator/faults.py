@@ -8,14 +8,28 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from .config import BATCH_END_FAULTS, HTTP_FAULTS, LINE_FAULTS, FaultConfig, FaultRule
+from .config import AFTER_FAULTS, BATCH_END_FAULTS, HTTP_FAULTS, LINE_FAULTS, FaultConfig, FaultRule
 from .ids import stable_int, stable_unit
 
 REQUEST_ERROR_STATUSES = (500, 429, 400)
+
+
+@dataclass(frozen=True)
+class CallFault:
+    """The fault of one call: its kind and, for `slow_answer`, how late the answer is."""
+
+    kind: str
+    delay_s: float = 0.0
+
+    @property
+    def after_operation(self) -> bool:
+        """True when the operation runs first (it takes effect) and only its answer is spoiled."""
+        return self.kind in AFTER_FAULTS
 
 
 class LineRule(BaseModel):
@@ -76,6 +90,11 @@ class FaultInjector:
 
     def on_call(self, op: str) -> tuple[int, str | None]:
         """Count a call of `op`; return (its 1-based number, the HTTP fault to answer with or None)."""
+        number, fault = self.call_fault(op)
+        return number, None if fault is None else fault.kind
+
+    def call_fault(self, op: str) -> tuple[int, CallFault | None]:
+        """Count a call of `op`; return (its 1-based number, the fault of this call or None)."""
         with self._lock:
             config = self._config
             self._calls[op] += 1
@@ -83,13 +102,14 @@ class FaultInjector:
             number, any_number = self._calls[op], self._calls["*"]
         for rule in config.script:
             if rule.fault in HTTP_FAULTS and _matches(rule, op, number, any_number):
-                return number, rule.fault
+                return number, CallFault(rule.fault, rule.delay_s)
         rates = config.rates
         if rates.ops is not None and op not in rates.ops:
             choices: list[tuple[str, float]] = []
         else:
             choices = [("http_500", rates.http_500), ("http_503", rates.http_503), ("http_429", rates.http_429),
-                       ("drop_connection", rates.drop_connection)]
+                       ("drop_connection", rates.drop_connection), ("answer_lost", rates.answer_lost),
+                       ("slow_answer", rates.slow_answer)]
         if op == "files.create":
             choices.append(("upload_error", rates.upload_error))
         draw = stable_unit(config.seed, "http", op, number)
@@ -97,7 +117,7 @@ class FaultInjector:
         for kind, rate in choices:
             total += rate
             if draw < total:
-                return number, kind
+                return number, CallFault(kind, rates.slow_answer_s)
         return number, None
 
     def plan_batch(self, number: int) -> BatchFaultPlan | None:

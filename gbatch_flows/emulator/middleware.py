@@ -1,7 +1,9 @@
-"""ASGI middleware in front of /v1: stats, the no-batch-API mode, the API key, and HTTP faults."""
+"""ASGI middleware in front of /v1: stats, the no-batch-API mode, the API key, and HTTP faults (before the
+operation, or after it: the answer lost or late)."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import re
 import uuid
@@ -12,6 +14,7 @@ from fastapi.responses import JSONResponse
 
 from .config import OPERATIONS
 from .errors import error_body
+from .faults import CallFault
 from .runtime import Emulator
 from .transport import drop_connection
 
@@ -105,9 +108,14 @@ class EmulatorMiddleware:
                 await denied(scope, receive, counting_send)
                 return
         if op is not None:
-            number, fault = emulator.faults.on_call(op)
+            number, call_fault = emulator.faults.call_fault(op)
             scope.setdefault("state", {})["call_number"] = number
-            if fault is not None:
+            if call_fault is not None and call_fault.after_operation:
+                stats.fault(call_fault.kind)
+                await self._spoil_answer(call_fault, scope, receive, send, counting_send)
+                return
+            if call_fault is not None:
+                fault = call_fault.kind
                 stats.fault(fault)
                 if fault == "drop_connection":
                     await drop_connection(scope, send)
@@ -119,3 +127,23 @@ class EmulatorMiddleware:
                 await response(scope, receive, counting_send)
                 return
         await self.app(scope, receive, counting_send)
+
+    async def _spoil_answer(self, fault: CallFault, scope: dict[str, Any], receive: Any, send: Any,
+                            counting_send: Any) -> None:
+        """Run the operation (it takes effect), then drop the connection instead of answering (`answer_lost`)
+        or answer `delay_s` seconds late (`slow_answer`)."""
+        held: list[MutableMapping[str, Any]] = []
+
+        async def hold(message: MutableMapping[str, Any]) -> None:
+            held.append(message)
+
+        await self.app(scope, receive, hold)
+        if fault.kind == "answer_lost":
+            await drop_connection(scope, send)
+            return
+        await asyncio.sleep(fault.delay_s)
+        for message in held:
+            try:
+                await counting_send(message)
+            except OSError:  # the client gave up waiting and closed the connection
+                return

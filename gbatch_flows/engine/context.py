@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from gbatch_flows import costs
+from gbatch_flows import api, costs
+from gbatch_flows.engine.fencing import Fence, Timing
 from gbatch_flows.engine.protocol import TaskProtocol
 from gbatch_flows.engine.state import Changes, TaskState
 from gbatch_flows.store import Lease, Store
@@ -38,6 +39,7 @@ class Engine:
     lease: Lease | None = None
     quota: QuotaLedger | None = None  # the shared quota ledger (--quota_dir), if any
     on_commit: list[Callable[[TaskState], None]] = field(default_factory=list)
+    timing: Timing = field(default_factory=Timing.from_env)
     _state: TaskState | None = None
     _prices: dict[tuple[str, str], Any] = field(default_factory=dict)
 
@@ -65,6 +67,16 @@ class Engine:
     @cached_property
     def client(self) -> openai.OpenAI:
         return self.client_factory()
+
+    @cached_property
+    def create_client(self) -> openai.OpenAI:
+        """The client for calls that create something remotely: never re-sends, times out at the create timeout."""
+        return api.no_retry(self.client, self.timing.create_timeout_s)
+
+    @cached_property
+    def fence(self) -> Fence:
+        """The lease fence around remote creates, and the creates whose outcome is unknown (see fencing.py)."""
+        return Fence(self.lease, self.timing)
 
     def async_client(self) -> openai.AsyncOpenAI:
         return self.async_client_factory()

@@ -30,6 +30,7 @@ log = logging.getLogger("gbatch_flows.direct")
 
 MAX_ATTEMPTS = 6
 CHUNK_PER_SLOT = 4  # requests per concurrency slot between two commits
+UNKNOWN_CODE = "outcome_unknown"  # a call that failed after it was sent (lost answer, timeout, 5xx)
 
 
 class DirectStats:
@@ -65,6 +66,7 @@ class DirectRunner:
         self.pacer = pacer
         self.stats = stats
         self.verbose = engine.options.direct_verbose
+        self.unknown: set[str] = set()  # custom ids whose call may have been billed although it failed
 
     def _show(self, level: str, custom_id: str, body: dict[str, Any], answer: Any) -> None:
         order = {"never": 0, "error": 1, "warn": 2, "always": 3}
@@ -79,10 +81,13 @@ class DirectRunner:
         for attempt in range(MAX_ATTEMPTS):
             await self.pacer.acquire(tokens)
             async with sem:
+                self.engine.fence.before_call()
                 self.stats.requests += 1
                 try:
                     raw = await _call(client, endpoint, body)
                 except openai.APIStatusError as exc:
+                    if api.outcome_unknown(exc):
+                        return self._unknown(custom_id, body, exc)
                     status, last = exc.status_code, _error_body(exc)
                     outcome = api.classify_exception(exc)
                     if status == 429:
@@ -97,20 +102,24 @@ class DirectRunner:
                     self._show("error", custom_id, body, exc)
                     return _line(custom_id, status, None, last, exc.request_id)
                 except (openai.APIConnectionError, openai.APITimeoutError) as exc:
-                    last = {"code": "server_error", "message": str(exc)}
-                    if attempt + 1 < MAX_ATTEMPTS:
-                        self._show("warn", custom_id, body, exc)
-                        await asyncio.sleep(min(30.0, 0.2 * 2 ** attempt) * random.uniform(0.5, 1.0))
-                        continue
-                    self.stats.errors += 1
-                    self._show("error", custom_id, body, exc)
-                    return _line(custom_id, None, None, last, None)
+                    return self._unknown(custom_id, body, exc)
             self.pacer.update_from_headers(raw.headers)
             parsed = raw.parse()
             answer = parsed.model_dump(mode="json", exclude_unset=True) if hasattr(parsed, "model_dump") else parsed
             self._show("always", custom_id, body, answer)
             return _line(custom_id, raw.status_code, answer, None, raw.headers.get("x-request-id"))
         return _line(custom_id, None, None, last or {"code": "server_error", "message": "no attempt"}, None)
+
+
+    def _unknown(self, custom_id: str, body: dict[str, Any], exc: openai.OpenAIError) -> bytes:
+        """A call that failed after it was sent may have been billed: never re-sent here (its batch charges it at
+        its worst case; the request goes back to the queue and is reserved again when it is sent again)."""
+        self.unknown.add(custom_id)
+        self.stats.errors += 1
+        self._show("warn", custom_id, body, exc)
+        status = exc.status_code if isinstance(exc, openai.APIStatusError) else None
+        return _line(custom_id, None, None, {"code": UNKNOWN_CODE, "message": f"outcome unknown, charged at its "
+                                             f"worst case: {api.describe_exception(exc)}", "status": status}, None)
 
 
 def _error_body(exc: openai.APIStatusError) -> dict[str, Any]:
@@ -125,13 +134,15 @@ def _line(custom_id: str, status: int | None, body: Any, error: dict[str, Any] |
 
 
 async def _run_lines(engine: Engine, batch: BatchRecord, items: list[dict], sides: list[dict], pacer: Pacer,
-                     stats: DirectStats, client: openai.AsyncOpenAI) -> list[bytes]:
+                     stats: DirectStats, client: openai.AsyncOpenAI) -> tuple[list[bytes], limits.Spend]:
+    """The result lines of a chunk, and the worst case of its calls with an unknown outcome (charged as lost)."""
     runner = DirectRunner(engine, pacer, stats)
     sem = asyncio.Semaphore(max(1, engine.options.max_direct_concurrency))
-    return await asyncio.gather(*(
+    lines = await asyncio.gather(*(
         runner.one(client, sem, batch.endpoint, item, side["tokens"] + side["max_out"])
         for item, side in zip(items, sides)
     ))
+    return lines, _worst_of(engine, batch, [s for i, s in zip(items, sides) if i["custom_id"] in runner.unknown])
 
 
 def run_direct(engine: Engine, pacer: Pacer | None = None, stats: DirectStats | None = None) -> list[int]:
@@ -152,6 +163,8 @@ async def _run_batches(engine: Engine, pacer: Pacer, stats: DirectStats) -> list
         for batch in engine.state.batches_in("pushing", "assembled"):
             if batch.mode != "direct":
                 continue
+            if batch.state == "pushing" and not engine.fence.may_create_again("direct", batch.local_id):
+                continue  # a previous lease holder may still be sending its calls
             if batch.state == "assembled":
                 refusal = limits.spend_refusal(engine.options, engine.state, engine.session_id, batch)
                 if refusal:
@@ -183,8 +196,8 @@ async def _run_batch(engine: Engine, batch: BatchRecord, pacer: Pacer, stats: Di
         lo = batch.direct_done
         hi = min(len(items), lo + chunk)
         batch = _commit_batch(engine, batch, {"direct_sent": hi}, f"direct batch {batch.local_id}: sending {lo}-{hi}")
-        lines = await _run_lines(engine, batch, items[lo:hi], sides[lo:hi], pacer, stats, client)
-        batch = _commit_part(engine, batch, lines, hi)
+        lines, unknown = await _run_lines(engine, batch, items[lo:hi], sides[lo:hi], pacer, stats, client)
+        batch = _commit_part(engine, batch, lines, hi, unknown)
     ref = store.put_blob(f"results/{batch.local_id:06d}.jsonl", _concat_parts(engine, batch))
     _commit_batch(engine, batch, {
         "state": "done", "remote_status": "completed", "results_ref": ref.model_dump(mode="json"),
@@ -200,12 +213,28 @@ def _commit_batch(engine: Engine, batch: BatchRecord, update: dict[str, Any], me
     return updated
 
 
-def _commit_part(engine: Engine, batch: BatchRecord, lines: list[bytes], done: int) -> BatchRecord:
+def _commit_part(engine: Engine, batch: BatchRecord, lines: list[bytes], done: int,
+                 unknown: limits.Spend) -> BatchRecord:
+    """Commit a chunk's results; its calls with an unknown outcome are charged at their worst case (within the
+    batch's own reservation: such a call has no result, so nothing else of it is counted)."""
     ref = engine.store.put_blob(f"results/{batch.local_id:06d}.part{len(batch.direct_parts):05d}.jsonl",
                                 [b"\n".join(lines) + b"\n"])
-    return _commit_batch(engine, batch, {"direct_done": done,
-                                         "direct_parts": [*batch.direct_parts, ref.model_dump(mode="json")]},
-                         f"direct batch {batch.local_id}: results up to {done}")
+    update: dict[str, Any] = {"direct_done": done, "direct_parts": [*batch.direct_parts, ref.model_dump(mode="json")]}
+    if unknown.requests:
+        update["lost_spend"] = batch.lost_spend + unknown
+        log.warning("direct batch %d: %d calls with an unknown outcome charged at their worst case $%.4f; their "
+                    "requests go back to the queue", batch.local_id, unknown.requests, unknown.cost)
+    return _commit_batch(engine, batch, update, f"direct batch {batch.local_id}: results up to {done}")
+
+
+def _worst_of(engine: Engine, batch: BatchRecord, sides: list[dict]) -> limits.Spend:
+    """Worst-case spend of the calls of these requests (prompt estimate + max completion tokens)."""
+    prices = engine.prices(batch.model, batch.endpoint)
+    lost = limits.Spend()
+    for side in sides:
+        lost = lost + limits.Spend(requests=1, tokens=side["tokens"] + side["max_out"],
+                                   cost=costs.worst_case_cost(side["tokens"], side["max_out"], prices, "direct"))
+    return lost
 
 
 def _concat_parts(engine: Engine, batch: BatchRecord):
@@ -217,11 +246,7 @@ def _recover_lost_calls(engine: Engine, batch: BatchRecord, items: list[dict], s
     """Calls started before a crash whose results were never committed: they may have been billed. Charge their
     worst case, then re-send them under a new reservation, or fail them when the limits cannot take it."""
     lo, hi = batch.direct_done, batch.direct_sent
-    prices = engine.prices(batch.model, batch.endpoint)
-    lost = limits.Spend()
-    for side in sides[lo:hi]:
-        lost = lost + limits.Spend(requests=1, tokens=side["tokens"] + side["max_out"],
-                                   cost=costs.worst_case_cost(side["tokens"], side["max_out"], prices, "direct"))
+    lost = _worst_of(engine, batch, sides[lo:hi])
     state = engine.state
     owner = batch.session or engine.session_id  # a batch's spend stays on the session that reserved it
     probe = batch.model_copy(update={"requests": lost.requests, "tokens": lost.tokens, "max_out": 0,

@@ -10,7 +10,9 @@ import openai
 
 from gbatch_flows import api
 from gbatch_flows.engine.context import Engine
+from gbatch_flows.engine.push import cancel_remote, find_remote, lookup
 from gbatch_flows.engine.state import Changes
+from gbatch_flows.models import BatchRecord
 
 log = logging.getLogger("gbatch_flows.engine.poll")
 
@@ -34,15 +36,16 @@ def poll(engine: Engine) -> PollReport:
         try:
             remote = engine.client.batches.retrieve(batch.remote_id)
         except openai.NotFoundError:
-            log.warning("remote batch %s of local batch %d is gone: its requests will be retried",
-                        batch.remote_id, batch.local_id)
-            changes.batch(batch.model_copy(update={"state": "done", "remote_status": "lost", "finished_at": time.time()}))
-            report.finished.append(batch.local_id)
+            if _confirmed_gone(engine, batch, changes):
+                report.finished.append(batch.local_id)
+            else:
+                report.in_flight += 1
             continue
         except openai.OpenAIError as exc:
             log.warning("polling batch %d failed, will retry: %s", batch.local_id, api.describe_exception(exc))
             report.in_flight += 1
             continue
+        engine.fence.gone_since.pop(batch.local_id, None)
         counts = remote.request_counts.model_dump() if remote.request_counts else {}
         report.progress[batch.local_id] = (counts.get("completed", 0) + counts.get("failed", 0), batch.requests)
         if remote.status in FINAL:
@@ -69,3 +72,36 @@ def poll(engine: Engine) -> PollReport:
     if changes:
         engine.commit(changes, f"poll: {len(report.finished)} batches finished")
     return report
+
+
+def _confirmed_gone(engine: Engine, batch: BatchRecord, changes: Changes) -> bool:
+    """A 404 on retrieve: look the batch up by metadata now and again ``gone_confirm_s`` later; only a batch
+    missing from both listings is given up (its requests requeued). A batch found again is kept or adopted."""
+    fence = engine.fence
+    looked_up, found = lookup(engine, f"looking up batch {batch.local_id}", find_remote, batch)
+    if not looked_up:
+        return False
+    if found is not None:
+        fence.gone_since.pop(batch.local_id, None)
+        if found != batch.remote_id:
+            log.warning("remote batch %s of local batch %d answers 404 but %s carries its metadata: adopting it",
+                        batch.remote_id, batch.local_id, found)
+            changes.batch(batch.model_copy(update={"remote_id": found}))
+        else:
+            log.warning("remote batch %s of local batch %d answered 404 but is still listed: keeping it",
+                        batch.remote_id, batch.local_id)
+        return False
+    now = time.time()
+    first = fence.gone_since.setdefault(batch.local_id, now)
+    if now - first < engine.timing.gone_confirm_s:
+        if first == now:
+            log.warning("remote batch %s of local batch %d answers 404 and is not listed: confirming in %.0f s",
+                        batch.remote_id, batch.local_id, engine.timing.gone_confirm_s)
+        return False
+    fence.gone_since.pop(batch.local_id, None)
+    log.warning("remote batch %s of local batch %d is gone (404, not listed %.0f s apart): its requests will be "
+                "retried", batch.remote_id, batch.local_id, now - first)
+    if batch.remote_id is not None:
+        cancel_remote(engine, batch.remote_id, f"local batch {batch.local_id} was given up as gone", quiet=True)
+    changes.batch(batch.model_copy(update={"state": "done", "remote_status": "lost", "finished_at": now}))
+    return True

@@ -4,12 +4,19 @@ Protocol: (1) commit the intent (state ``pushing``, spend reserved); (2) upload 
 ``metadata = {gbatch_task, gbatch_local_id}``; (3) commit ``pushed`` with the remote id. A run that died between (1)
 and (3) finds the batch ``pushing`` and first looks for a remote batch carrying its metadata to adopt; only when
 none exists is it pushed again.
+
+Exactly once at the edges (fencing.py): the upload and the batch create are never re-sent by the client
+(``engine.create_client``), each is preceded by a lease check with the create timeout left, and one whose outcome
+is unknown (lost answer, timeout, 5xx) is looked up (the upload by its name, the batch by its metadata) and only
+created again once its create window has closed. A batch created after the lease was lost is cancelled.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from typing import Any
 
 import openai
 
@@ -43,13 +50,25 @@ def find_remote(engine: Engine, batch: BatchRecord) -> str | None:
     return None
 
 
+def lookup(engine: Engine, doing: str, find: Callable[..., str | None], *args: Any) -> tuple[bool, str | None]:
+    """(looked up, found id): a look-up that failed (a retryable error) leaves the outcome unknown, so nothing may
+    be created; an authentication error stops the run."""
+    try:
+        return True, find(engine, *args)
+    except openai.OpenAIError as exc:
+        _raise_if_fatal(exc, doing)
+        log.warning("%s failed, will retry: %s", doing, api.describe_exception(exc))
+        return False, None
+
+
 def adopt_pushing(engine: Engine) -> int:
     """Adopt the remote twins of batches a crashed run left ``pushing``; creates nothing. Returns how many."""
     adopted = 0
     for batch in engine.state.batches_in("pushing"):
-        if batch.mode == "batch" and (remote_id := find_remote(engine, batch)) is not None:
-            remote = engine.client.batches.retrieve(remote_id)
-            _commit_pushed(engine, batch, remote_id, remote.input_file_id, remote.status)
+        if batch.mode != "batch":
+            continue
+        _, remote_id = lookup(engine, f"looking up batch {batch.local_id}", find_remote, batch)
+        if remote_id is not None and _adopt(engine, batch, remote_id):
             adopted += 1
     return adopted
 
@@ -93,36 +112,148 @@ def reserve_and_mark(engine: Engine, batch: BatchRecord, new_state: str) -> Batc
 
 
 def _resume_pushing(engine: Engine, batch: BatchRecord) -> None:
-    remote_id = find_remote(engine, batch)
+    looked_up, remote_id = lookup(engine, f"looking up batch {batch.local_id}", find_remote, batch)
+    if not looked_up:
+        return
     if remote_id is not None:
-        log.info("adopting remote batch %s for local batch %d (created before a restart)", remote_id, batch.local_id)
-        remote = engine.client.batches.retrieve(remote_id)
-        _commit_pushed(engine, batch, remote_id, remote.input_file_id, remote.status)
-    else:
+        log.info("adopting remote batch %s for local batch %d (created before a restart or a lost answer)",
+                 remote_id, batch.local_id)
+        _adopt(engine, batch, remote_id)
+    elif engine.fence.may_create_again("batch", batch.local_id):
         log.info("local batch %d was never created remotely: pushing it now", batch.local_id)
         _create_remote(engine, batch)
 
 
-def _create_remote(engine: Engine, batch: BatchRecord) -> None:
-    task_id = engine.state.require_task().task_id
+def _adopt(engine: Engine, batch: BatchRecord, remote_id: str) -> bool:
+    try:
+        remote = engine.client.batches.retrieve(remote_id)
+    except openai.OpenAIError as exc:
+        _raise_if_fatal(exc, f"reading remote batch {remote_id}")
+        log.warning("adopting %s for batch %d failed, will retry: %s", remote_id, batch.local_id,
+                    api.describe_exception(exc))
+        return False
+    engine.fence.resolved("batch", batch.local_id)
+    commit_pushed(engine, batch, remote_id, remote.input_file_id, remote.status)
+    return True
+
+
+def upload_name(task_id: str, batch: BatchRecord) -> str:
+    """The upload's file name: findable by task, local batch and attempt when the answer to the upload is lost."""
+    return f"gbatch_{task_id}_{batch.local_id:06d}_{batch.attempts}.jsonl"
+
+
+def find_upload(engine: Engine, name: str, since: float) -> str | None:
+    """The id of an uploaded batch file named ``name`` (newest first, back to ``since``), if any."""
+    for remote in engine.client.files.list(purpose="batch", order="desc", limit=100):
+        if remote.filename == name:
+            return remote.id
+        if remote.created_at < since:
+            break
+    return None
+
+
+def _upload(engine: Engine, batch: BatchRecord, task_id: str) -> str | None:
+    """Upload the batch file once: an upload whose answer was lost is found by its name, not sent again until its
+    window has closed. None when there is no file yet (tried again in the next push round)."""
+    fence = engine.fence
+    name = upload_name(task_id, batch)
+    if name in fence.uploaded:  # uploaded before a batch create that failed
+        return fence.uploaded[name]
+    since = (batch.pushing_since or time.time()) - ADOPT_LOOKBACK_S
+    if ("upload", batch.local_id) in fence.unknown_since:
+        looked_up, found = lookup(engine, f"looking up the upload of batch {batch.local_id}", find_upload, name, since)
+        if not looked_up:
+            return None
+        if found is not None:
+            fence.resolved("upload", batch.local_id)
+            fence.uploaded[name] = found
+            return found
+        if not fence.may_create_again("upload", batch.local_id):
+            return None
+    fence.before_create()
     try:
         with engine.store.open_blob(BlobRef.model_validate(batch.input_ref)) as fh:
+<<<<<<< HEAD
             uploaded = engine.client.files.create(file=(f"gbatch_{batch.local_id:06d}.jsonl", fh), purpose="batch")
         remote = engine.client.batches.create(
             input_file_id=uploaded.id,
             endpoint=endpoints.azure_path(batch.endpoint) if engine.azure else batch.endpoint,  # type: ignore[arg-type]
+=======
+            uploaded = engine.create_client.files.create(file=(name, fh), purpose="batch")
+    except openai.OpenAIError as exc:
+        _raise_if_fatal(exc, f"uploading batch {batch.local_id}")
+        if api.outcome_unknown(exc):
+            fence.mark_unknown("upload", batch.local_id)
+            log.warning("upload of batch %d: outcome unknown (%s); looking it up by name before uploading again",
+                        batch.local_id, api.describe_exception(exc))
+            _, found = lookup(engine, f"looking up the upload of batch {batch.local_id}", find_upload, name, since)
+            if found is not None:
+                fence.resolved("upload", batch.local_id)
+                fence.uploaded[name] = found
+            return found
+        log.warning("upload of batch %d failed, will retry: %s", batch.local_id, api.describe_exception(exc))
+        return None
+    fence.resolved("upload", batch.local_id)
+    fence.uploaded[name] = uploaded.id
+    return uploaded.id
+
+
+def _raise_if_fatal(exc: openai.OpenAIError, doing: str) -> None:
+    if api.classify_exception(exc) is api.Outcome.FATAL:
+        raise EngineStop(f"{doing} failed: {api.describe_exception(exc)}") from exc
+
+
+def _create_remote(engine: Engine, batch: BatchRecord) -> None:
+    """Upload and create the remote batch, each create fenced by the lease and never re-sent blindly."""
+    task_id = engine.state.require_task().task_id
+    file_id = _upload(engine, batch, task_id)
+    if file_id is None:
+        return
+    fence = engine.fence
+    fence.before_create()
+    try:
+        remote = engine.create_client.batches.create(
+            input_file_id=file_id,
+            endpoint=batch.endpoint,  # type: ignore[arg-type]
+>>>>>>> c_exactly
             completion_window="24h",
             metadata=metadata_for(task_id, batch.local_id),
         )
     except openai.OpenAIError as exc:
-        if api.classify_exception(exc) is api.Outcome.FATAL:
-            raise EngineStop(f"creating batch {batch.local_id} failed: {api.describe_exception(exc)}") from exc
-        log.warning("push of batch %d failed, will retry: %s", batch.local_id, api.describe_exception(exc))
+        _raise_if_fatal(exc, f"creating batch {batch.local_id}")
+        if not api.outcome_unknown(exc):
+            log.warning("push of batch %d failed, will retry: %s", batch.local_id, api.describe_exception(exc))
+            return
+        fence.mark_unknown("batch", batch.local_id)
+        log.warning("creating batch %d: outcome unknown (%s); looking it up by metadata before creating it again",
+                    batch.local_id, api.describe_exception(exc))
+        _, remote_id = lookup(engine, f"looking up batch {batch.local_id}", find_remote, batch)
+        if remote_id is not None:
+            log.info("the create of batch %d took effect: adopting %s", batch.local_id, remote_id)
+            _adopt(engine, batch, remote_id)
         return
-    _commit_pushed(engine, batch, remote.id, uploaded.id, remote.status)
+    if (lost := fence.lost()) is not None:
+        cancel_remote(engine, remote.id, f"local batch {batch.local_id} was created after this run lost its lease")
+        raise lost
+    fence.resolved("batch", batch.local_id)
+    commit_pushed(engine, batch, remote.id, file_id, remote.status)
 
 
-def _commit_pushed(engine: Engine, batch: BatchRecord, remote_id: str, file_id: str, status: str) -> None:
+def cancel_remote(engine: Engine, remote_id: str, why: str, quiet: bool = False) -> bool:
+    """Cancel a remote batch this run must not keep (best effort, logged loudly unless ``quiet``: a batch given up
+    as gone answers 404 to its cancel too); True when the cancel went out."""
+    try:
+        engine.client.batches.cancel(remote_id)
+    except openai.OpenAIError as exc:
+        if not quiet:
+            log.error("could not cancel remote batch %s (%s): %s; cancel it by hand", remote_id, why,
+                      api.describe_exception(exc))
+        return False
+    log.error("cancelled remote batch %s: %s", remote_id, why)
+    return True
+
+
+def commit_pushed(engine: Engine, batch: BatchRecord, remote_id: str, file_id: str, status: str) -> None:
     current = engine.state.batches[batch.local_id]
     changes = Changes()
     changes.batch(

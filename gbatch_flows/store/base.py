@@ -478,11 +478,12 @@ class Store:
 
     # ------------------------------------------------------------------ lease and garbage collection
 
-    def acquire_lease(self, ttl_s: float = 60, owner: str | None = None, renew: bool = True) -> Lease:
+    def acquire_lease(self, ttl_s: float = 60, owner: str | None = None, renew: bool = True,
+                      create_timeout_s: float | None = None) -> Lease:
         """Take the task's lease (see ``gbatch_flows.store.lease.Lease``); raise LeaseHeld if a live run has it."""
         from gbatch_flows.store.lease import acquire_lease
 
-        return acquire_lease(self, ttl_s=ttl_s, owner=owner, renew=renew)
+        return acquire_lease(self, ttl_s=ttl_s, owner=owner, renew=renew, create_timeout_s=create_timeout_s)
 
     def gc(
         self, grace_s: float = 3600, keep_generations: int = 5, prefixes: Iterable[str] | None = None

@@ -85,6 +85,8 @@ class Lease:
         self._lost: LeaseHeld | None = None
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
+        #: until when the previous holder may still create something remotely (see acquire_lease)
+        self.predecessor_window_end = 0.0
         atexit.register(self._release_at_exit)
         if renew:
             self._thread = threading.Thread(
@@ -154,6 +156,22 @@ class Lease:
             self._record, self._token = current, token or self._token
             if current.expires_at <= time.time():
                 self.renew()
+
+    def ensure_time_left(self, seconds: float) -> float:
+        """Confirm in lease.json that the lease is still ours with at least ``seconds`` left (renewing it when
+        less is left); returns the time left. LeaseHeld when it is lost; StoreError when ``ttl_s`` is too short."""
+        with self._lock:
+            self.check()
+            left = self._record.expires_at - time.time()
+            if left < seconds:
+                self.renew()
+                left = self._record.expires_at - time.time()
+            if left < seconds:
+                raise StoreError(
+                    f"the lease of {self._store.url} lasts {self.ttl_s:.0f} s, less than the {seconds:.0f} s a remote "
+                    "create needs: use a longer lease ttl or a shorter create timeout"
+                )
+            return left
 
     def renew(self) -> None:
         """Extend the lease by ``ttl_s`` from now (compare-and-swap)."""
@@ -248,25 +266,77 @@ class Lease:
         self.release()
 
 
-def _holder_is_dead(record: LeaseRecord) -> bool:
-    """True when the holder ran on this host and its process is gone (killed, crashed): its lease is void.
-
-    A holder on another host, or a live pid (possibly reused by another program), counts as alive.
-    """
-    if record.host != socket.gethostname() or record.pid == os.getpid():
-        return False
+def _read_text(path: str) -> str | None:
     try:
-        os.kill(record.pid, 0)
-    except ProcessLookupError:
-        log.warning("the lease holder %s (pid %d on this host) is gone: taking its lease over", record.owner, record.pid)
-        return True
-    except PermissionError:
+        with open(path, "rb") as handle:  # binary: no codec lookup (a run whose uid cannot import codecs still works)
+            return handle.read().decode(errors="replace").strip() or None
+    except OSError:
+        return None
+
+
+def host_identity() -> tuple[str | None, str | None]:
+    """(kernel boot id, PID namespace) of this process; None where the system does not tell (not Linux).
+
+    Two processes can compare pids only when both match: one hostname is no proof (containers with host
+    networking, two machines named alike), and a pid means nothing across PID namespaces.
+    """
+    try:
+        pid_ns: str | None = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        pid_ns = None
+    return _read_text("/proc/sys/kernel/random/boot_id"), pid_ns
+
+
+def _same_pid_space(record: LeaseRecord) -> bool:
+    boot_id, pid_ns = host_identity()
+    return None not in (boot_id, pid_ns) and record.boot_id == boot_id and record.pid_ns == pid_ns
+
+
+def _holder_is_dead(record: LeaseRecord) -> bool:
+    """True when the holder ran in this kernel boot and PID namespace and its process is gone (killed, crashed):
+    its lease is void.
+
+    A holder elsewhere (another machine, container or PID namespace; or a lease written without the boot id and
+    namespace), or a live pid (possibly reused by another program), counts as alive: wait for its lease to expire.
+    """
+    if not _same_pid_space(record) or record.pid == os.getpid():
         return False
-    return False
+    if _pid_alive(record.pid):
+        return False
+    log.warning("the lease holder %s (pid %d on this host) is gone: taking its lease over", record.owner, record.pid)
+    return True
 
 
-def acquire_lease(store: Store, *, ttl_s: float = 60, owner: str | None = None, renew: bool = True) -> Lease:
-    """Take the lease of ``store``'s task, taking over an expired or released one; LeaseHeld if it is live."""
+def _pid_alive(pid: int) -> bool:
+    """True when a process ``pid`` exists in this PID namespace (or may: not ours to signal)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _predecessor_window(current: LeaseRecord | None, owner: str, dead: bool, create_timeout_s: float | None) -> float:
+    """Until when the previous holder may still create something remotely (0 = it surely cannot any more).
+
+    A released lease or a holder whose process is gone creates nothing more; an expired one may be a paused run
+    that wakes up inside a create call: its window closes at its expiry plus its create timeout.
+    """
+    if current is None or current.released or current.owner == owner or dead:
+        return 0.0
+    timeout = current.create_timeout_s if current.create_timeout_s is not None else create_timeout_s or 0.0
+    return current.expires_at + timeout
+
+
+def acquire_lease(store: Store, *, ttl_s: float = 60, owner: str | None = None, renew: bool = True,
+                  create_timeout_s: float | None = None) -> Lease:
+    """Take the lease of ``store``'s task, taking over an expired or released one; LeaseHeld if it is live.
+
+    ``create_timeout_s`` (the timeout of this run's remote creates) is written in lease.json so that a successor
+    knows how long after this lease's expiry a create of ours may still land.
+    """
     if not ttl_s > 0:
         raise ValueError(f"ttl_s must be > 0, got {ttl_s}")
     from gbatch_flows.store.base import default_owner_id
@@ -277,27 +347,33 @@ def acquire_lease(store: Store, *, ttl_s: float = 60, owner: str | None = None, 
         data, token = backend.cas_read(LEASE_FILE)
         current = _parse(store.url, data)
         now = time.time()
+        dead = False
         if (
             current is not None
             and not current.released
             and current.expires_at > now
             and current.owner != owner
-            and not _holder_is_dead(current)
+            and not (dead := _holder_is_dead(current))
         ):
             raise LeaseHeld(
                 _held_message(store.url, current, now), holder=current.owner, expires_at=current.expires_at
             )
         if current is not None and not current.released and current.owner != owner:
+            dead = dead or _holder_is_dead(current)
             log.warning(
                 "taking over the expired lease of %s from %s (expired at %s)",
                 store.url,
                 current.owner,
                 current.expires,
             )
+        boot_id, pid_ns = host_identity()
         record = LeaseRecord(
             owner=owner,
             host=socket.gethostname(),
             pid=os.getpid(),
+            boot_id=boot_id,
+            pid_ns=pid_ns,
+            create_timeout_s=create_timeout_s,
             acquired_at=now,
             renewed_at=now,
             expires_at=now + ttl_s,
@@ -309,7 +385,9 @@ def acquire_lease(store: Store, *, ttl_s: float = 60, owner: str | None = None, 
             new_token = _write(backend, record, token)
         except CasConflict:
             continue
-        return Lease(store, record, new_token, renew)
+        lease = Lease(store, record, new_token, renew)
+        lease.predecessor_window_end = _predecessor_window(current, owner, dead, create_timeout_s)
+        return lease
     raise LeaseHeld(
         f"could not take the lease of {store.url}: other runs keep changing lease.json; retry later"
     )

@@ -98,7 +98,7 @@ class ManifestEnvelope(BaseModel):
 class LeaseRecord(BaseModel):
     """Content of lease.json: who runs the task and until when (epoch seconds)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore")  # a newer writer's extra fields do not make the lease unreadable
 
     schema_version: int = SCHEMA_VERSION
     owner: str
@@ -111,3 +111,8 @@ class LeaseRecord(BaseModel):
     ttl_s: float = Field(gt=0)
     seq: int = Field(ge=0, description="incremented on every write so no two bodies are identical")
     released: bool = False
+    boot_id: str | None = Field(default=None, description="the holder's kernel boot id (Linux)")
+    pid_ns: str | None = Field(default=None, description="the holder's PID namespace, e.g. 'pid:[4026531836]'")
+    create_timeout_s: float | None = Field(
+        default=None, description="the holder's timeout of a remote create: a successor waits that long past expiry"
+    )

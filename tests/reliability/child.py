@@ -140,7 +140,7 @@ def _install_markers(send: Any) -> None:
     runs.finish_output = _stage_marker("output", runs.finish_output, send)
     # the narrowest windows: the remote batch exists but "pushed" is not committed yet; the results are downloaded
     # and processed but not committed yet
-    push._commit_pushed = _stage_marker("push-created", push._commit_pushed, send)
+    push.commit_pushed = _stage_marker("push-created", push.commit_pushed, send)
     process._commit_processed = _stage_marker("process-downloaded", process._commit_processed, send)
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from gbatch_flows.emulator import EmulatorConfig, run_emulator
+from gbatch_flows.engine.fencing import CREATE_TIMEOUT_ENV, GONE_CONFIRM_ENV
 from gbatch_flows.testing.moto import MotoS3
 
 from .campaign import StageTimes, stage_times
@@ -80,6 +81,15 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 
 
 # ---------------------------------------------------------------- processes and servers
+
+
+@pytest.fixture(autouse=True)
+def short_create_windows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A remote create times out after 1 s and a 404 is confirmed 1 s later (defaults: 30 s, 60 s), so a create
+    with an unknown outcome is retried after a second, not half a minute (forked runs get these too)."""
+    monkeypatch.setenv(CREATE_TIMEOUT_ENV, "1")
+    monkeypatch.setenv(GONE_CONFIRM_ENV, "1")
+
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,7 @@ import orjson
 from gbatch_flows import costs
 from gbatch_flows.cli import options_model, split_options
 from gbatch_flows.cli_args import parse_options
+from gbatch_flows.engine.fencing import CREATE_TIMEOUT_ENV, GONE_CONFIRM_ENV, LEASE_TTL_ENV
 from gbatch_flows.engine.state import TaskState
 from gbatch_flows.options import Options
 from gbatch_flows.store import Store, open_store
@@ -171,7 +172,8 @@ class Forkserver:
 
     def start(self, argv: list[str], log_path: Path, env: dict[str, str | None] | None = None,
               plan: child.StopPlan | None = None, uid: int | None = None) -> ChildRun:
-        env = {"OPENAI_API_KEY": DUMMY_KEY, **(env or {})}
+        timing = {name: os.environ.get(name) for name in (LEASE_TTL_ENV, CREATE_TIMEOUT_ENV, GONE_CONFIRM_ENV)}
+        env = {"OPENAI_API_KEY": DUMMY_KEY, **timing, **(env or {})}
         reader, writer = self.ctx.Pipe(duplex=False)
         process = self.ctx.Process(target=child.run_cli, args=(argv, env, str(log_path), writer, plan, uid),
                                    daemon=True)
