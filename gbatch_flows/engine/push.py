@@ -173,12 +173,6 @@ def _upload(engine: Engine, batch: BatchRecord, task_id: str) -> str | None:
     fence.before_create()
     try:
         with engine.store.open_blob(BlobRef.model_validate(batch.input_ref)) as fh:
-<<<<<<< HEAD
-            uploaded = engine.client.files.create(file=(f"gbatch_{batch.local_id:06d}.jsonl", fh), purpose="batch")
-        remote = engine.client.batches.create(
-            input_file_id=uploaded.id,
-            endpoint=endpoints.azure_path(batch.endpoint) if engine.azure else batch.endpoint,  # type: ignore[arg-type]
-=======
             uploaded = engine.create_client.files.create(file=(name, fh), purpose="batch")
     except openai.OpenAIError as exc:
         _raise_if_fatal(exc, f"uploading batch {batch.local_id}")
@@ -214,8 +208,7 @@ def _create_remote(engine: Engine, batch: BatchRecord) -> None:
     try:
         remote = engine.create_client.batches.create(
             input_file_id=file_id,
-            endpoint=batch.endpoint,  # type: ignore[arg-type]
->>>>>>> c_exactly
+            endpoint=endpoints.azure_path(batch.endpoint) if engine.azure else batch.endpoint,  # type: ignore[arg-type]
             completion_window="24h",
             metadata=metadata_for(task_id, batch.local_id),
         )
