@@ -45,7 +45,7 @@ def test_a_404_is_confirmed_by_listing_spaced_over_time_before_a_requeue(tmp_pat
         assert engine.state.batches[local_id].remote_status == "lost"
         process(engine)
         lost = engine.state.batches[local_id]
-        assert lost.passed is True and engine.state.task.consecutive_pass_failures == 0  # a requeue, not a failure
+        assert lost.passed is None and engine.state.task.consecutive_pass_failures == 0  # a requeue: not judged
         summary = run_engine(engine)
     assert summary.status == "finished", summary
 
