@@ -122,6 +122,26 @@ def self_peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / MB  # ru_maxrss is in KiB on Linux
 
 
+class CpuHog:
+    """Another process burning one core (``while True: pass``) while the bench runs; stopped on exit."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.cpu = 0.0
+
+    def __enter__(self) -> CpuHog:
+        if self.enabled:
+            self.proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.proc is not None:
+            self.cpu = proc_cpu_seconds(self.proc.pid)
+            self.proc.kill()
+            self.proc.wait()
+
+
 class EmulatorProcess:
     """``python -m gbatch_flows.emulator --port 0 ARGS`` in a child process; stopped on exit."""
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from _common import (
     DUMMY_KEY,
     BenchChars,
+    CpuHog,
     EmulatorProcess,
     StageTimer,
     bench_options,
@@ -78,6 +79,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=16, help="max_direct_concurrency (default 16)")
     parser.add_argument("--learn", action="store_true",
                         help="do not pass the limits to the engine (it adopts them from the response headers)")
+    parser.add_argument("--hog", action="store_true", help="run another process burning one core meanwhile")
     parser.add_argument("--dir", help="task folder parent (default: a temp dir, deleted afterwards)")
     args = parser.parse_args()
     if not args.rpm and not args.tpm:
@@ -92,7 +94,7 @@ def main() -> int:
     load0 = os.getloadavg()[0]
     runner_stats = {}
     try:
-        with EmulatorProcess("--batch-duration", "0", *emu_args) as emu:
+        with EmulatorProcess("--batch-duration", "0", *emu_args) as emu, CpuHog(args.hog) as hog:
             emu_cpu0, cpu0 = emu.cpu_seconds(), self_cpu_seconds()
             t0 = time.perf_counter()
             with StageTimer() as timer, CallSpan() as calls:
@@ -124,7 +126,7 @@ def main() -> int:
     tpm = requested_tokens * spaced / span * 60 if span else 0.0
     print(f"direct: {args.n:,} requests, emulator limits rpm={args.rpm or '-'} tpm={args.tpm or '-'}, "
           f"engine {'learns the limits from headers' if args.learn else 'told the limits'}, "
-          f"concurrency {args.concurrency}; load average {load0:.1f} before, {os.getloadavg()[0]:.1f} after")
+          f"concurrency {args.concurrency}{', CPU hog running' if args.hog else ''}; load average {load0:.1f} before, {os.getloadavg()[0]:.1f} after")
     print(f"run: {summary.status} ({summary.reason}); ok {ok:,}, failed {summary.counts.get('failed', 0)}, "
           f"{len(direct)} direct batches")
     rows = [("stage", "wall s", "CPU s", "calls")]
@@ -148,7 +150,10 @@ def main() -> int:
     print(f"429s: emulator answered {stats['responses_429']} (rate_limited {stats['rate_limited']}); engine saw "
           f"{runner_stats.get('rate_limited')} of {runner_stats.get('requests')} calls")
     print(f"CPU: engine {cpu:.1f} s ({cpu / wall:.0%} of {wall:.1f} s wall), emulator {emu_cpu:.1f} s "
-          f"({emu_cpu / wall:.0%})")
+          f"({emu_cpu / wall:.0%}){f', hog {hog.cpu:.1f} s' if args.hog else ''}")
+    calls = max(1, runner_stats.get("requests") or 0)
+    print(f"CPU per direct call: engine {cpu / calls * 1000:.2f} ms (whole run), run_direct "
+          f"{stage.cpu / calls * 1000:.2f} ms; emulator {emu_cpu / calls * 1000:.2f} ms")
     print(f"emulator: {stats['requests_by_op'].get('chat.completions', 0):,} chat calls, prompt tokens "
           f"{stats['prompt_tokens']:,}, completion tokens {stats['completion_tokens']:,}")
     return 0 if summary.status == "finished" and ok == args.n else 1
