@@ -98,7 +98,7 @@ class DirectRunner:
                 last = _error_body(status, answer.body)
                 if status == 429:
                     self.stats.rate_limited += 1
-                    wait = parse_reset((answer.headers or {}).get("retry-after")) or 2.0 ** attempt
+                    wait = _retry_after(answer.headers) or 2.0 ** attempt
                     self.pacer.back_off(wait)
                 retry = api.classify_status(status, last["code"]) is api.Outcome.RETRYABLE
             if retry and attempt + 1 < MAX_ATTEMPTS:
@@ -113,6 +113,19 @@ class DirectRunner:
 
 
 _VERBOSITY = {"never": 0, "error": 1, "warn": 2, "always": 3}
+
+
+def _retry_after(headers: Any) -> float | None:
+    """Seconds a 429 says to wait: ``retry-after-ms`` when given (``retry-after`` is whole seconds, at least 1)."""
+    if not headers:
+        return None
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms:
+        try:
+            return max(0.0, float(raw_ms) / 1000)
+        except ValueError:
+            pass
+    return parse_reset(headers.get("retry-after"))
 
 
 def _error_body(status: int, content: bytes) -> dict[str, Any]:

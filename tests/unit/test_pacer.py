@@ -161,11 +161,13 @@ def test_headers_only_tighten_limits_and_teach_unknown_ones():
     assert pacer.rpm == 50
 
 
-def test_back_off_holds_every_send():
+def test_back_off_holds_every_send_then_resumes_without_a_burst():
     clock = FakeClock()
-    pacer = Pacer(rpm=60, tpm=None, clock=clock)
+    pacer = Pacer(rpm=600, tpm=None, clock=clock, burst_s=1.0)
     pacer.back_off(30)
-    assert pacer.reserve(1) == 30.0
+    times = [pacer.reserve(1) for _ in range(5)]
+    assert times[0] >= 30.0
+    assert all(b - a == pytest.approx(0.1) for a, b in zip(times, times[1:]))  # evenly spaced, no burst
 
 
 def test_only_the_probe_goes_before_the_first_answer():
