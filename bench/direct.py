@@ -47,14 +47,17 @@ class CallSpan:
     def __init__(self) -> None:
         self.first: float | None = None
         self.last: float | None = None
+        self.starts: list[float] = []
         self._saved = direct_module._call
 
     def __enter__(self) -> CallSpan:
         original = self._saved
 
         async def timed_call(*args, **kwargs):
+            now = time.perf_counter()
+            self.starts.append(now)
             if self.first is None:
-                self.first = time.perf_counter()
+                self.first = now
             try:
                 return await original(*args, **kwargs)
             finally:
@@ -138,6 +141,8 @@ def main() -> int:
           f"last end {stage_span:.1f} s ({ok / stage_span * 60 if stage_span else 0:,.0f} RPM over it), busy "
           f"{stage.seconds:.1f} s; pacer waited {pacer_wait:.1f} s (sum over requests)")
     commits = timer.timings["store.commit"]
+    gaps = sorted((b - a, a - calls.first) for a, b in zip(calls.starts, calls.starts[1:]))[::-1][:5]
+    print("longest gaps between two sends: " + ", ".join(f"{g * 1000:.0f} ms at {at:.1f} s" for g, at in gaps))
     print(f"store commits: {commits.calls} taking {commits.seconds:.2f} s in all "
           f"({commits.seconds / max(1, commits.calls) * 1000:.1f} ms each; the pacer cannot make up that time)")
     for name, limit, achieved in (("RPM", args.rpm, rpm), ("TPM", args.tpm, tpm)):

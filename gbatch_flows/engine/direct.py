@@ -19,6 +19,7 @@ import orjson
 
 from gbatch_flows import api, costs
 from gbatch_flows.engine import limits
+from gbatch_flows.engine.assemble import assemble
 from gbatch_flows.engine.context import Engine
 from gbatch_flows.engine.direct_http import Answer, CallOutcome, HttpCaller, endpoint_path
 from gbatch_flows.engine.pacer import Pacer, parse_reset
@@ -31,6 +32,7 @@ log = logging.getLogger("gbatch_flows.direct")
 
 MAX_ATTEMPTS = 6
 CHUNK_PER_SLOT = 4  # requests per concurrency slot between two commits
+MAX_REFILLS = 10  # assemble rounds inside one run_direct call, so that sending does not stop for a stage round
 
 
 class DirectStats:
@@ -211,6 +213,7 @@ class Pipeline:
         self.feed: BatchRun | None = None
         self.exhausted = False  # no batch left to open (or the budgets refuse the next one)
         self.ran: list[int] = []
+        self.refills = 0
         self._work = asyncio.Event()  # wakes workers (after a commit)
         self._commit = asyncio.Event()  # wakes the committer (results to commit, mark to move, batch to open)
 
@@ -295,7 +298,7 @@ class Pipeline:
     def _open_next(self) -> BatchRun | None:
         """Reserve the next direct batch's spend, read it, recover calls a crash lost; None when none is left."""
         engine = self.engine
-        while self.pending:
+        while self.pending or self._refill():
             batch = engine.state.batches[self.pending.pop(0)]
             if batch.mode != "direct" or batch.state not in ("assembled", "pushing"):
                 continue
@@ -316,6 +319,16 @@ class Pipeline:
             return run
         self.exhausted = True
         return None
+
+    def _refill(self) -> bool:
+        """Assemble more direct batches while the workers still send (the run loop would do it after a pause)."""
+        from gbatch_flows.engine.runner import choose_mode  # the runner imports this module
+
+        if self.refills >= MAX_REFILLS or choose_mode(self.engine) != "direct":
+            return False
+        self.refills += 1
+        self.pending.extend(assemble(self.engine, "direct"))
+        return bool(self.pending)
 
     def _commit_progress(self, run: BatchRun, mark: int) -> None:
         """Commit the finished prefix's results (as a new part) and the "sent up to" mark, in one commit.

@@ -12,9 +12,10 @@ Against a server that counts a strict sliding window, nothing lost to a stall ca
 paid back by a gap one window later), so this is off by default. When the window is what holds a request back, the
 bucket's credit is dropped, so no second burst follows when the window frees up.
 
-Before the first answer only one request is out (the probe); its ``x-ratelimit-limit-*`` headers tighten the limits
-and its ``x-ratelimit-remaining-*`` headers seed the buckets: allowance the server says is already used (by another
-process, or a run that just stopped) is not spent again.
+Until the first answer the buckets hold no credit (requests go evenly spaced: the server's bucket may be partly
+used), or, when no limit is known yet, only one request is out (the probe). The first answer's
+``x-ratelimit-limit-*`` headers tighten the limits and its ``x-ratelimit-remaining-*`` headers seed the buckets:
+allowance the server says is already used (by another process, or a run that just stopped) is not spent again.
 
 Reservations are taken in call order without an ``await`` in between (no lock needed in one event loop); each caller
 then sleeps until its own slot.
@@ -199,7 +200,10 @@ class Pacer:
 
     async def acquire(self, tokens: int) -> None:
         if not self._seeded:
-            await self._behind_probe()
+            if self.requests is None and self.tokens is None:
+                await self._behind_probe()  # no limit known yet: only the probe goes until its answer
+            else:
+                self._no_credit()  # limits known: evenly spaced until the first answer says what is left
         if self.requests is None and self.tokens is None and self._hold_until == -math.inf:
             return
         slot = self.reserve(tokens)
@@ -207,6 +211,12 @@ class Pacer:
         if delay > 0:
             self.waited_s += delay
             await asyncio.sleep(delay)
+
+    def _no_credit(self) -> None:
+        now = self._clock()
+        for limit in (self.requests, self.tokens):
+            if limit is not None:
+                limit.tat = max(limit.tat, now + limit.burst_s)
 
     async def _behind_probe(self) -> None:
         """The first caller goes (the probe); the others wait for its answer (or ``PROBE_TIMEOUT_S``)."""

@@ -201,3 +201,26 @@ def test_no_limits_means_no_waiting():
 
     asyncio.run(go())
     assert pacer.waited_s == 0.0
+
+
+def test_known_limits_go_evenly_spaced_before_the_first_answer():
+    clock = FakeClock()
+    pacer = Pacer(rpm=600, tpm=None, clock=clock, burst_s=1.0)
+    slept = []
+
+    async def go():
+        for _ in range(3):
+            await pacer.acquire(10)
+            slept.append(pacer.waited_s)
+
+    real_sleep = asyncio.sleep
+
+    async def fake_sleep(seconds):
+        clock.now += seconds
+
+    asyncio.sleep = fake_sleep
+    try:
+        asyncio.run(go())
+    finally:
+        asyncio.sleep = real_sleep
+    assert slept == pytest.approx([0.1, 0.2, 0.3])  # no burst, no waiting behind a probe
