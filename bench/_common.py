@@ -186,6 +186,14 @@ class EmulatorProcess:
     def peak_rss_mb(self) -> float:
         return proc_peak_rss_mb(self.pid)
 
+    def warm_up(self, body: dict[str, Any]) -> float:
+        """One chat request before the measured run (the emulator's first answer loads its tokenizer and responder:
+        seconds on a loaded machine, a stall no pacer can make up); returns its latency."""
+        start = time.perf_counter()
+        httpx.post(f"{self.base_url}/chat/completions", json=body, timeout=120,
+                   headers={"Authorization": f"Bearer {DUMMY_KEY}"}).raise_for_status()
+        return time.perf_counter() - start
+
     def stats(self) -> dict[str, Any]:
         root = self.base_url.removesuffix("/v1")
         return httpx.get(f"{root}/_emulator/stats", timeout=30).json()
