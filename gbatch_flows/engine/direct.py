@@ -32,6 +32,7 @@ log = logging.getLogger("gbatch_flows.direct")
 
 MAX_ATTEMPTS = 6
 CHUNK_PER_SLOT = 4  # requests per concurrency slot between two commits
+UNKNOWN_CODE = "outcome_unknown"  # a call that failed after it was sent (lost answer, timeout, 5xx)
 MAX_REFILLS = 10  # assemble rounds inside one run_direct call, so that sending does not stop for a stage round
 
 
@@ -78,10 +79,14 @@ class DirectRunner:
             self.stats.requests += 1
             answer = await _call(caller, path, body)
             self.pacer.observe(answer.headers)
-            if answer.outcome is CallOutcome.UNKNOWN:
-                unknown += 1
-                self.stats.unknown += 1
             status = answer.status
+            if answer.outcome is CallOutcome.UNKNOWN:  # may have been billed: never re-sent blindly here
+                self.stats.unknown += 1
+                self.stats.errors += 1
+                self._show("warn", custom_id, body, answer.error or answer.body)
+                error = {"code": UNKNOWN_CODE, "status": status,
+                         "message": f"outcome unknown, charged at its worst case: {answer.error or f'HTTP {status}'}"}
+                return Call(_line(custom_id, None, None, error, answer.request_id), unknown + 1)
             if status is not None and 200 <= status < 300:
                 try:
                     parsed = orjson.loads(answer.body)
@@ -175,6 +180,7 @@ class BatchRun:
         self.path = path
         self.custom_ids = [item["custom_id"] for item in items]
         self.bodies = [orjson.dumps(item["body"]) for item in items]
+        self.sides = sides
         self.tokens = [side["tokens"] + side["max_out"] for side in sides]
         self.n = len(items)
         self.calls: list[Call | None] = [None] * self.n
@@ -331,18 +337,21 @@ class Pipeline:
         return bool(self.pending)
 
     def _commit_progress(self, run: BatchRun, mark: int) -> None:
-        """Commit the finished prefix's results (as a new part) and the "sent up to" mark, in one commit.
-
-        Where a call's attempts had an unknown outcome (``Call.unknown``), their worst-case charge belongs in this
-        commit, next to the results that carry them (owner: the exactly-once work on direct mode)."""
+        """Commit the finished prefix's results (as a new part) and the "sent up to" mark, in one commit; calls with
+        an unknown outcome (``Call.unknown``) are charged at their worst case in the same commit."""
         batch = run.batch
         lo, hi = batch.direct_done, run.prefix
         update: dict[str, Any] = {"direct_sent": max(mark, batch.direct_sent)}
         if hi > lo:
-            lines = [call.line for call in run.calls[lo:hi]]  # type: ignore[union-attr]
-            ref = self.engine.store.put_blob(_part_path(batch), [b"\n".join(lines) + b"\n"])
+            calls: list[Call] = run.calls[lo:hi]  # type: ignore[assignment]
+            ref = self.engine.store.put_blob(_part_path(batch), [b"\n".join(c.line for c in calls) + b"\n"])
             update["direct_done"] = hi
             update["direct_parts"] = [*batch.direct_parts, ref.model_dump(mode="json")]
+            unknown = _worst_of(self.engine, batch, [run.sides[lo + k] for k, c in enumerate(calls) if c.unknown])
+            if unknown.requests:  # within the batch's own reservation: such a call has no result to count
+                update["lost_spend"] = batch.lost_spend + unknown
+                log.warning("direct batch %d: %d calls with an unknown outcome charged at their worst case $%.4f; "
+                            "their requests go back to the queue", batch.local_id, unknown.requests, unknown.cost)
         run.batch = _commit_batch(self.engine, batch, update,
                                   f"direct batch {batch.local_id}: results up to {hi}, sending up to {mark}")
         self.runner.stats.commits += 1
@@ -358,6 +367,16 @@ class Pipeline:
             "pushed_at": batch.pushed_at or run.started, "finished_at": time.time(),
         }, f"direct batch {batch.local_id} ran ({run.n} requests)")
         self.runner.stats.commits += 1
+
+
+def _worst_of(engine: Engine, batch: BatchRecord, sides: list[dict]) -> limits.Spend:
+    """Worst-case spend of the calls of these requests (prompt estimate + max completion tokens)."""
+    prices = engine.prices(batch.model)
+    lost = limits.Spend()
+    for side in sides:
+        lost = lost + limits.Spend(requests=1, tokens=side["tokens"] + side["max_out"],
+                                   cost=costs.worst_case_cost(side["tokens"], side["max_out"], prices, "direct"))
+    return lost
 
 
 def _part_path(batch: BatchRecord) -> str:
@@ -381,11 +400,7 @@ def _recover_lost_calls(engine: Engine, batch: BatchRecord, items: list[dict], s
     """Calls started before a crash whose results were never committed: they may have been billed. Charge their
     worst case, then re-send them under a new reservation, or fail them when the limits cannot take it."""
     lo, hi = batch.direct_done, batch.direct_sent
-    prices = engine.prices(batch.model)
-    lost = limits.Spend()
-    for side in sides[lo:hi]:
-        lost = lost + limits.Spend(requests=1, tokens=side["tokens"] + side["max_out"],
-                                   cost=costs.worst_case_cost(side["tokens"], side["max_out"], prices, "direct"))
+    lost = _worst_of(engine, batch, sides[lo:hi])
     state = engine.state
     owner = batch.session or engine.session_id  # a batch's spend stays on the session that reserved it
     probe = batch.model_copy(update={"requests": lost.requests, "tokens": lost.tokens, "max_out": 0,

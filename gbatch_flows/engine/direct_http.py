@@ -7,7 +7,7 @@ in one place (``api.make_async_client``).
 
 Every call ends with one of three outcomes (ARCHITECTURE.md, "Exactly once at the edges"): ``DONE`` (the server
 answered 2xx), ``NOT_DONE`` (refused before doing anything: 429, other 4xx, connection never made) or ``UNKNOWN``
-(timeout, dropped connection, 5xx after sending: it may have run, and been billed).
+(timeout, dropped connection, 5xx but 503 after sending: it may have run, and been billed).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def endpoint_path(endpoint: str) -> str:
 def outcome_of_status(status: int) -> CallOutcome:
     if 200 <= status < 300:
         return CallOutcome.DONE
-    if status >= 500:
+    if status >= 500 and status != 503:  # 503 "overloaded" is a refusal
         return CallOutcome.UNKNOWN
     return CallOutcome.NOT_DONE
 
