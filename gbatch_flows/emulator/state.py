@@ -137,6 +137,23 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+SPOOL_PREFIX = "gbatch-emulator-"
+
+
+def _sweep_spools() -> None:
+    """Remove the spool folders of emulator processes that are gone (killed: no exit handler ran)."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{SPOOL_PREFIX}*-*"):
+        pid = folder.name[len(SPOOL_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except PermissionError:  # alive, another user's
+            pass
+
+
 class FileWriter:
     """Collects the bytes of a new file (a batch output); `commit` makes it a stored file."""
 
@@ -173,8 +190,9 @@ class Store:
             for sub in ("files", "batches", "tmp"):
                 (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
             self._load()
-        else:  # file bytes in a private spool folder, gone with the store (or at exit)
-            self.data_dir = Path(tempfile.mkdtemp(prefix="gbatch-emulator-"))
+        else:  # file bytes in a private spool folder, gone with the store (or at exit, or swept by the next one)
+            _sweep_spools()
+            self.data_dir = Path(tempfile.mkdtemp(prefix=f"{SPOOL_PREFIX}{os.getpid()}-"))
             for sub in ("files", "tmp"):
                 (self.data_dir / sub).mkdir()
             self._cleanup = weakref.finalize(self, shutil.rmtree, str(self.data_dir), True)
