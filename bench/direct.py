@@ -38,7 +38,7 @@ from gbatch_flows.engine.context import EngineStop
 from gbatch_flows.engine.runner import Runner, RunSummary, counts
 from gbatch_flows.launch import open_engine, prepare
 
-TARGET_FRACTION = 0.95
+TARGET_FRACTION = 0.98  # issue 19: >= 0.98 of the limits, 0 429s, under a CPU hog
 
 
 class CallSpan:
