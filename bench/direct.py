@@ -1,6 +1,6 @@
 """Benchmark: direct mode (``force_direct``) against an emulator that enforces RPM/TPM limits.
 
-Reports the RPM and TPM achieved as a fraction of the limit (target >= 0.95) and the 429s the emulator answered
+Reports the RPM and TPM achieved as a fraction of the limit (target >= 0.98) and the 429s the emulator answered
 (target ~0). Tokens are counted like the limiter does: prompt tokens + max_completion_tokens of each request.
 The achieved rates are measured from the first request sent to the last answer received, so they include the pauses
 between direct batches (commits, the stage round every 10 batches) but not the start-up (imports, first client).
