@@ -122,6 +122,26 @@ def self_peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / MB  # ru_maxrss is in KiB on Linux
 
 
+class CpuHog:
+    """Another process burning one core (``while True: pass``) while the bench runs; stopped on exit."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.cpu = 0.0
+
+    def __enter__(self) -> CpuHog:
+        if self.enabled:
+            self.proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.proc is not None:
+            self.cpu = proc_cpu_seconds(self.proc.pid)
+            self.proc.kill()
+            self.proc.wait()
+
+
 class EmulatorProcess:
     """``python -m gbatch_flows.emulator --port 0 ARGS`` in a child process; stopped on exit."""
 
@@ -165,6 +185,14 @@ class EmulatorProcess:
 
     def peak_rss_mb(self) -> float:
         return proc_peak_rss_mb(self.pid)
+
+    def warm_up(self, body: dict[str, Any]) -> float:
+        """One chat request before the measured run (the emulator's first answer loads its tokenizer and responder:
+        seconds on a loaded machine, a stall no pacer can make up); returns its latency."""
+        start = time.perf_counter()
+        httpx.post(f"{self.base_url}/chat/completions", json=body, timeout=120,
+                   headers={"Authorization": f"Bearer {DUMMY_KEY}"}).raise_for_status()
+        return time.perf_counter() - start
 
     def stats(self) -> dict[str, Any]:
         root = self.base_url.removesuffix("/v1")

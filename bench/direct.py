@@ -1,6 +1,6 @@
 """Benchmark: direct mode (``force_direct``) against an emulator that enforces RPM/TPM limits.
 
-Reports the RPM and TPM achieved as a fraction of the limit (target >= 0.95) and the 429s the emulator answered
+Reports the RPM and TPM achieved as a fraction of the limit (target >= 0.98) and the 429s the emulator answered
 (target ~0). Tokens are counted like the limiter does: prompt tokens + max_completion_tokens of each request.
 The achieved rates are measured from the first request sent to the last answer received, so they include the pauses
 between direct batches (commits, the stage round every 10 batches) but not the start-up (imports, first client).
@@ -25,6 +25,7 @@ from pathlib import Path
 from _common import (
     DUMMY_KEY,
     BenchChars,
+    CpuHog,
     EmulatorProcess,
     StageTimer,
     bench_options,
@@ -37,7 +38,7 @@ from gbatch_flows.engine.context import EngineStop
 from gbatch_flows.engine.runner import Runner, RunSummary, counts
 from gbatch_flows.launch import open_engine, prepare
 
-TARGET_FRACTION = 0.95
+TARGET_FRACTION = 0.98  # issue 19: >= 0.98 of the limits, 0 429s, under a CPU hog
 
 
 class CallSpan:
@@ -46,14 +47,17 @@ class CallSpan:
     def __init__(self) -> None:
         self.first: float | None = None
         self.last: float | None = None
+        self.starts: list[float] = []
         self._saved = direct_module._call
 
     def __enter__(self) -> CallSpan:
         original = self._saved
 
         async def timed_call(*args, **kwargs):
+            now = time.perf_counter()
+            self.starts.append(now)
             if self.first is None:
-                self.first = time.perf_counter()
+                self.first = now
             try:
                 return await original(*args, **kwargs)
             finally:
@@ -78,6 +82,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=16, help="max_direct_concurrency (default 16)")
     parser.add_argument("--learn", action="store_true",
                         help="do not pass the limits to the engine (it adopts them from the response headers)")
+    parser.add_argument("--hog", action="store_true", help="run another process burning one core meanwhile")
     parser.add_argument("--dir", help="task folder parent (default: a temp dir, deleted afterwards)")
     args = parser.parse_args()
     if not args.rpm and not args.tpm:
@@ -92,7 +97,10 @@ def main() -> int:
     load0 = os.getloadavg()[0]
     runner_stats = {}
     try:
-        with EmulatorProcess("--batch-duration", "0", *emu_args) as emu:
+        with EmulatorProcess("--batch-duration", "0", *emu_args) as emu, CpuHog(args.hog) as hog:
+            first = next(iter(task.generate_requests({**task.default_meta, "n": 1})))
+            warm = emu.warm_up(first.payload)
+            time.sleep(1.0)  # the emulator's short-window bucket refills what the warm-up took
             emu_cpu0, cpu0 = emu.cpu_seconds(), self_cpu_seconds()
             t0 = time.perf_counter()
             with StageTimer() as timer, CallSpan() as calls:
@@ -124,7 +132,8 @@ def main() -> int:
     tpm = requested_tokens * spaced / span * 60 if span else 0.0
     print(f"direct: {args.n:,} requests, emulator limits rpm={args.rpm or '-'} tpm={args.tpm or '-'}, "
           f"engine {'learns the limits from headers' if args.learn else 'told the limits'}, "
-          f"concurrency {args.concurrency}; load average {load0:.1f} before, {os.getloadavg()[0]:.1f} after")
+          f"concurrency {args.concurrency}{', CPU hog running' if args.hog else ''}; load average {load0:.1f} before, {os.getloadavg()[0]:.1f} after")
+    print(f"emulator warm-up request (not measured): {warm * 1000:.0f} ms")
     print(f"run: {summary.status} ({summary.reason}); ok {ok:,}, failed {summary.counts.get('failed', 0)}, "
           f"{len(direct)} direct batches")
     rows = [("stage", "wall s", "CPU s", "calls")]
@@ -136,6 +145,8 @@ def main() -> int:
           f"last end {stage_span:.1f} s ({ok / stage_span * 60 if stage_span else 0:,.0f} RPM over it), busy "
           f"{stage.seconds:.1f} s; pacer waited {pacer_wait:.1f} s (sum over requests)")
     commits = timer.timings["store.commit"]
+    gaps = sorted((b - a, a - calls.first) for a, b in zip(calls.starts, calls.starts[1:]))[::-1][:5]
+    print("longest gaps between two sends: " + ", ".join(f"{g * 1000:.0f} ms at {at:.1f} s" for g, at in gaps))
     print(f"store commits: {commits.calls} taking {commits.seconds:.2f} s in all "
           f"({commits.seconds / max(1, commits.calls) * 1000:.1f} ms each; the pacer cannot make up that time)")
     for name, limit, achieved in (("RPM", args.rpm, rpm), ("TPM", args.tpm, tpm)):
@@ -148,7 +159,10 @@ def main() -> int:
     print(f"429s: emulator answered {stats['responses_429']} (rate_limited {stats['rate_limited']}); engine saw "
           f"{runner_stats.get('rate_limited')} of {runner_stats.get('requests')} calls")
     print(f"CPU: engine {cpu:.1f} s ({cpu / wall:.0%} of {wall:.1f} s wall), emulator {emu_cpu:.1f} s "
-          f"({emu_cpu / wall:.0%})")
+          f"({emu_cpu / wall:.0%}){f', hog {hog.cpu:.1f} s' if args.hog else ''}")
+    calls = max(1, runner_stats.get("requests") or 0)
+    print(f"CPU per direct call: engine {cpu / calls * 1000:.2f} ms (whole run), run_direct "
+          f"{stage.cpu / calls * 1000:.2f} ms; emulator {emu_cpu / calls * 1000:.2f} ms")
     print(f"emulator: {stats['requests_by_op'].get('chat.completions', 0):,} chat calls, prompt tokens "
           f"{stats['prompt_tokens']:,}, completion tokens {stats['completion_tokens']:,}")
     return 0 if summary.status == "finished" and ok == args.n else 1

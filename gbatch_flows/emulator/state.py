@@ -1,16 +1,21 @@
-"""Files and batches: records plus their bytes, in memory or in a folder (`state_dir`) that survives restarts.
+"""Files and batches: records plus their bytes, in a folder (`state_dir`) that survives restarts, or in memory.
 
 Folder layout: files/<id>.data + files/<id>.json, batches/<id>.json, tmp/ (partial writes). Every write goes to a
 temporary file first and is renamed into place, so a crash never leaves a half-written record.
+
+Without `state_dir` the records live in memory but the file bytes are still streamed to disk, into a private
+temporary folder removed when the store goes away: a million-request run uploads and produces gigabytes, which the
+emulator's memory should not hold (1M requests: 2.7 GB of RSS when bytes were kept in memory).
 """
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
+import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -133,18 +138,31 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+SPOOL_PREFIX = "gbatch-emulator-"
+
+
+def _sweep_spools() -> None:
+    """Remove the spool folders of emulator processes that are gone (killed: no exit handler ran)."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{SPOOL_PREFIX}*-*"):
+        pid = folder.name[len(SPOOL_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except PermissionError:  # alive, another user's
+            pass
+
+
 class FileWriter:
     """Collects the bytes of a new file (a batch output); `commit` makes it a stored file."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
         self.size = 0
-        self._path: Path | None = None
-        if store.state_dir is None:
-            self._handle: BinaryIO = io.BytesIO()
-        else:
-            self._path = store.state_dir / "tmp" / random_id("out-", 16)
-            self._handle = open(self._path, "wb")  # noqa: SIM115 - closed in commit/discard
+        self._path: Path = store.data_dir / "tmp" / random_id("out-", 16)
+        self._handle: BinaryIO = open(self._path, "wb")  # noqa: SIM115 - closed in commit/discard
 
     def write(self, data: bytes) -> None:
         self._handle.write(data)
@@ -156,8 +174,7 @@ class FileWriter:
 
     def discard(self) -> None:
         self._handle.close()
-        if self._path is not None:
-            self._path.unlink(missing_ok=True)
+        self._path.unlink(missing_ok=True)
 
 
 class Store:
@@ -169,12 +186,23 @@ class Store:
         self._save_lock = threading.Lock()
         self.files: dict[str, FileRecord] = {}
         self.batches: dict[str, BatchRecord] = {}
-        self._data: dict[str, bytes] = {}
         self._seq = 0
         if self.state_dir is not None:
+            self.data_dir = self.state_dir
             for sub in ("files", "batches", "tmp"):
                 (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
             self._load()
+        else:  # file bytes in a private spool folder, gone with the store (or at exit, or swept by the next one)
+            _sweep_spools()
+            self.data_dir = Path(tempfile.mkdtemp(prefix=f"{SPOOL_PREFIX}{os.getpid()}-"))
+            for sub in ("files", "tmp"):
+                (self.data_dir / sub).mkdir()
+            self._cleanup = weakref.finalize(self, shutil.rmtree, str(self.data_dir), True)
+
+    def close(self) -> None:
+        """Remove the spool folder of a store without `state_dir` (also done when the store is collected)."""
+        if self.state_dir is None:
+            self._cleanup()
 
     # --- persistence ---------------------------------------------------------------------------------------------
 
@@ -236,21 +264,14 @@ class Store:
         expires_at = None if expires_after is None else created + expires_after
         record = FileRecord(id=random_id("file-", 22), bytes=writer.size, created_at=created,
                             filename=filename, purpose=purpose, expires_at=expires_at, seq=self.next_seq())
-        if self.state_dir is None:
-            assert isinstance(writer._handle, io.BytesIO)
-            data = writer._handle.getvalue()
-            writer._handle.close()
-            with self.lock:
-                self._data[record.id] = data
-                self.files[record.id] = record
-            return record
-        assert writer._path is not None
         writer._handle.flush()
-        os.fsync(writer._handle.fileno())
+        if self.state_dir is not None:  # durable: the bytes reach the disk before the record names them
+            os.fsync(writer._handle.fileno())
         writer._handle.close()
-        folder = self.state_dir / "files"
+        folder = self.data_dir / "files"
         os.replace(writer._path, folder / f"{record.id}.data")
-        _atomic_write(folder / f"{record.id}.json", record.model_dump_json().encode())
+        if self.state_dir is not None:
+            _atomic_write(folder / f"{record.id}.json", record.model_dump_json().encode())
         with self.lock:
             self.files[record.id] = record
         return record
@@ -263,21 +284,20 @@ class Store:
         with self.lock:
             return list(self.files.values())
 
-    def file_path(self, file_id: str) -> Path | None:
-        """The file's bytes on disk (state_dir mode), else None."""
-        return None if self.state_dir is None else self.state_dir / "files" / f"{file_id}.data"
+    def file_path(self, file_id: str) -> Path:
+        """Where the file's bytes are on disk (under `state_dir`, or the spool folder)."""
+        return self.data_dir / "files" / f"{file_id}.data"
 
     def file_bytes(self, file_id: str) -> bytes:
-        """The file's bytes from memory (memory mode)."""
+        """The file's bytes, read whole (small files; use `open_file` or `file_path` to stream)."""
         with self.lock:
-            return self._data[file_id]
+            if file_id not in self.files:
+                raise KeyError(file_id)
+        return self.file_path(file_id).read_bytes()
 
     def open_file(self, file_id: str) -> BinaryIO:
-        """A binary reader over the file's bytes; KeyError/FileNotFoundError if gone."""
-        path = self.file_path(file_id)
-        if path is None:
-            return io.BytesIO(self.file_bytes(file_id))
-        return open(path, "rb")
+        """A binary reader over the file's bytes; FileNotFoundError if gone."""
+        return open(self.file_path(file_id), "rb")
 
     def iter_lines(self, file_id: str) -> Iterator[bytes]:
         with self.open_file(file_id) as handle:
@@ -287,10 +307,8 @@ class Store:
         with self.lock:
             if self.files.pop(file_id, None) is None:
                 return False
-            self._data.pop(file_id, None)
-        if self.state_dir is not None:
-            (self.state_dir / "files" / f"{file_id}.json").unlink(missing_ok=True)
-            (self.state_dir / "files" / f"{file_id}.data").unlink(missing_ok=True)
+        (self.data_dir / "files" / f"{file_id}.json").unlink(missing_ok=True)
+        (self.data_dir / "files" / f"{file_id}.data").unlink(missing_ok=True)
         return True
 
     # --- batches -------------------------------------------------------------------------------------------------

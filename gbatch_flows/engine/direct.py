@@ -12,14 +12,16 @@ import asyncio
 import logging
 import random
 import time
+from dataclasses import dataclass
 from typing import Any
 
-import openai
 import orjson
 
-from gbatch_flows import api, costs, endpoints
+from gbatch_flows import api, costs
 from gbatch_flows.engine import limits
+from gbatch_flows.engine.assemble import assemble
 from gbatch_flows.engine.context import Engine
+from gbatch_flows.engine.direct_http import Answer, Caller, CallOutcome, ClientCaller, HttpCaller, endpoint_path
 from gbatch_flows.engine.pacer import Pacer, parse_reset
 from gbatch_flows.engine.push import reserve_and_mark
 from gbatch_flows.engine.state import TOTALS, Changes, session_key
@@ -31,6 +33,7 @@ log = logging.getLogger("gbatch_flows.direct")
 MAX_ATTEMPTS = 6
 CHUNK_PER_SLOT = 4  # requests per concurrency slot between two commits
 UNKNOWN_CODE = "outcome_unknown"  # a call that failed after it was sent (lost answer, timeout, 5xx)
+MAX_REFILLS = 10  # assemble rounds inside one run_direct call, so that sending does not stop for a stage round
 
 
 class DirectStats:
@@ -38,26 +41,21 @@ class DirectStats:
         self.requests = 0
         self.rate_limited = 0
         self.errors = 0
+        self.unknown = 0  # attempts whose outcome is unknown (timeout, dropped connection, 5xx)
+        self.commits = 0
 
 
-def _resource(client: openai.AsyncOpenAI, endpoint: str) -> Any:
-    """The client resource whose ``create`` calls ``endpoint`` (either path spelling)."""
-    path = endpoints.canonical(endpoint)
-    resources = {
-        endpoints.CHAT: lambda: client.chat.completions,
-        endpoints.RESPONSES: lambda: client.responses,
-        endpoints.EMBEDDINGS: lambda: client.embeddings,
-        endpoints.COMPLETIONS: lambda: client.completions,
-        endpoints.MODERATIONS: lambda: client.moderations,
-    }
-    if path not in resources:
-        raise ValueError(f"the direct executor does not support endpoint {endpoint!r}; supported: "
-                         f"{', '.join(endpoints.BATCH_ENDPOINTS)}")
-    return resources[path]()
+@dataclass(slots=True)
+class Call:
+    """One request's result line, and how many of its attempts may have run without an answer we could use."""
+
+    line: bytes
+    unknown: int = 0
 
 
-async def _call(client: openai.AsyncOpenAI, endpoint: str, body: dict[str, Any]):
-    return await _resource(client, endpoint).with_raw_response.create(**body)
+async def _call(caller: Caller, path: str, body: bytes) -> Answer:
+    """One HTTP attempt (a module-level seam: tests and the bench wrap it)."""
+    return await caller.post(path, body)
 
 
 class DirectRunner:
@@ -65,84 +63,93 @@ class DirectRunner:
         self.engine = engine
         self.pacer = pacer
         self.stats = stats
-        self.verbose = engine.options.direct_verbose
-        self.unknown: set[str] = set()  # custom ids whose call may have been billed although it failed
+        self.verbose = _VERBOSITY[engine.options.direct_verbose]
 
-    def _show(self, level: str, custom_id: str, body: dict[str, Any], answer: Any) -> None:
-        order = {"never": 0, "error": 1, "warn": 2, "always": 3}
-        if order[self.verbose] >= order[level]:
+    def _show(self, level: str, custom_id: str, body: bytes, answer: Any) -> None:
+        if self.verbose >= _VERBOSITY[level]:
             log.warning("direct %s %s\n  request: %s\n  response: %s", level, custom_id,
-                        orjson.dumps(body).decode()[:2000], str(answer)[:2000])
+                        body.decode(errors="replace")[:2000], str(answer)[:2000])
 
-    async def one(self, client: openai.AsyncOpenAI, sem: asyncio.Semaphore, endpoint: str, item: dict[str, Any],
-                  tokens: int) -> bytes:
-        custom_id, body = item["custom_id"], item["body"]
+    async def one(self, caller: Caller, path: str, custom_id: str, body: bytes, tokens: int) -> Call:
+        """Send one request (retrying what is worth retrying, paced) and return its result line."""
         last: dict[str, Any] = {}
+        unknown = 0
         for attempt in range(MAX_ATTEMPTS):
             await self.pacer.acquire(tokens)
-            async with sem:
-                self.engine.fence.before_call()
-                self.stats.requests += 1
+            self.engine.fence.before_call()
+            self.stats.requests += 1
+            answer = await _call(caller, path, body)
+            self.pacer.observe(answer.headers)
+            status = answer.status
+            if answer.outcome is CallOutcome.UNKNOWN:  # may have been billed: never re-sent blindly here
+                self.stats.unknown += 1
+                self.stats.errors += 1
+                self._show("warn", custom_id, body, answer.error or answer.body)
+                error = {"code": UNKNOWN_CODE, "status": status,
+                         "message": f"outcome unknown, charged at its worst case: {answer.error or f'HTTP {status}'}"}
+                return Call(_line(custom_id, None, None, error, answer.request_id), unknown + 1)
+            if status is not None and 200 <= status < 300:
                 try:
-                    raw = await _call(client, endpoint, body)
-                except openai.APIStatusError as exc:
-                    if api.outcome_unknown(exc):
-                        return self._unknown(custom_id, body, exc)
-                    status, last = exc.status_code, _error_body(exc)
-                    outcome = api.classify_exception(exc)
-                    if status == 429:
-                        self.stats.rate_limited += 1
-                        wait = parse_reset(exc.response.headers.get("retry-after")) or 2.0 ** attempt
-                        self.pacer.back_off(wait)
-                    if outcome is api.Outcome.RETRYABLE and attempt + 1 < MAX_ATTEMPTS:
-                        self._show("warn", custom_id, body, exc)
-                        await asyncio.sleep(min(30.0, 0.2 * 2 ** attempt) * random.uniform(0.5, 1.0))
-                        continue
-                    self.stats.errors += 1
-                    self._show("error", custom_id, body, exc)
-                    return _line(custom_id, status, None, last, exc.request_id)
-                except (openai.APIConnectionError, openai.APITimeoutError) as exc:
-                    return self._unknown(custom_id, body, exc)
-            self.pacer.update_from_headers(raw.headers)
-            parsed = raw.parse()
-            answer = parsed.model_dump(mode="json", exclude_unset=True) if hasattr(parsed, "model_dump") else parsed
-            self._show("always", custom_id, body, answer)
-            return _line(custom_id, raw.status_code, answer, None, raw.headers.get("x-request-id"))
-        return _line(custom_id, None, None, last or {"code": "server_error", "message": "no attempt"}, None)
+                    parsed = orjson.loads(answer.body)
+                except orjson.JSONDecodeError:
+                    parsed = None
+                if self.verbose >= 3:
+                    self._show("always", custom_id, body, answer.body)
+                if not isinstance(parsed, dict):
+                    error = {"code": "malformed_result", "message": "the answer's body is not a JSON object"}
+                    return Call(_line(custom_id, status, None, error, answer.request_id), unknown)
+                return Call(_line(custom_id, status, parsed, None, answer.request_id), unknown)
+            if status is None:
+                last = {"code": "server_error", "message": answer.error or "no answer"}
+                retry = True
+            else:
+                last = _error_body(status, answer.body)
+                if status == 429:
+                    self.stats.rate_limited += 1
+                    wait = _retry_after(answer.headers) or 2.0 ** attempt
+                    self.pacer.back_off(wait)
+                retry = api.classify_status(status, last["code"]) is api.Outcome.RETRYABLE
+            if retry and attempt + 1 < MAX_ATTEMPTS:
+                self._show("warn", custom_id, body, answer.error or answer.body)
+                await asyncio.sleep(min(30.0, 0.2 * 2 ** attempt) * random.uniform(0.5, 1.0))
+                continue
+            self.stats.errors += 1
+            self._show("error", custom_id, body, answer.error or answer.body)
+            return Call(_line(custom_id, status, None, last, answer.request_id), unknown)
+        return Call(_line(custom_id, None, None, last or {"code": "server_error", "message": "no attempt"}, None),
+                    unknown)
 
 
-    def _unknown(self, custom_id: str, body: dict[str, Any], exc: openai.OpenAIError) -> bytes:
-        """A call that failed after it was sent may have been billed: never re-sent here (its batch charges it at
-        its worst case; the request goes back to the queue and is reserved again when it is sent again)."""
-        self.unknown.add(custom_id)
-        self.stats.errors += 1
-        self._show("warn", custom_id, body, exc)
-        status = exc.status_code if isinstance(exc, openai.APIStatusError) else None
-        return _line(custom_id, None, None, {"code": UNKNOWN_CODE, "message": f"outcome unknown, charged at its "
-                                             f"worst case: {api.describe_exception(exc)}", "status": status}, None)
+_VERBOSITY = {"never": 0, "error": 1, "warn": 2, "always": 3}
 
 
-def _error_body(exc: openai.APIStatusError) -> dict[str, Any]:
-    body = exc.body if isinstance(exc.body, dict) else {}
+def _retry_after(headers: Any) -> float | None:
+    """Seconds a 429 says to wait: ``retry-after-ms`` when given (``retry-after`` is whole seconds, at least 1)."""
+    if not headers:
+        return None
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms:
+        try:
+            return max(0.0, float(raw_ms) / 1000)
+        except ValueError:
+            pass
+    return parse_reset(headers.get("retry-after"))
+
+
+def _error_body(status: int, content: bytes) -> dict[str, Any]:
+    try:
+        body = orjson.loads(content) if content else {}
+    except orjson.JSONDecodeError:
+        body = {}
     err = body.get("error", body) if isinstance(body, dict) else {}
-    return {"code": (err or {}).get("code") or str(exc.status_code), "message": (err or {}).get("message") or str(exc)}
+    err = err if isinstance(err, dict) else {}
+    message = err.get("message") or content[:500].decode(errors="replace") or f"HTTP {status}"
+    return {"code": str(err.get("code") or err.get("type") or status), "message": message}
 
 
 def _line(custom_id: str, status: int | None, body: Any, error: dict[str, Any] | None, request_id: str | None) -> bytes:
     response = None if status is None else {"status_code": status, "request_id": request_id, "body": body}
     return orjson.dumps({"id": f"direct_{custom_id}", "custom_id": custom_id, "response": response, "error": error})
-
-
-async def _run_lines(engine: Engine, batch: BatchRecord, items: list[dict], sides: list[dict], pacer: Pacer,
-                     stats: DirectStats, client: openai.AsyncOpenAI) -> tuple[list[bytes], limits.Spend]:
-    """The result lines of a chunk, and the worst case of its calls with an unknown outcome (charged as lost)."""
-    runner = DirectRunner(engine, pacer, stats)
-    sem = asyncio.Semaphore(max(1, engine.options.max_direct_concurrency))
-    lines = await asyncio.gather(*(
-        runner.one(client, sem, batch.endpoint, item, side["tokens"] + side["max_out"])
-        for item, side in zip(items, sides)
-    ))
-    return lines, _worst_of(engine, batch, [s for i, s in zip(items, sides) if i["custom_id"] in runner.unknown])
 
 
 def run_direct(engine: Engine, pacer: Pacer | None = None, stats: DirectStats | None = None) -> list[int]:
@@ -155,13 +162,154 @@ def run_direct(engine: Engine, pacer: Pacer | None = None, stats: DirectStats | 
 
 
 async def _run_batches(engine: Engine, pacer: Pacer, stats: DirectStats) -> list[int]:
-    """The batches one after the other in one event loop with one client: a new client per batch cost ~45 ms
-    (its SSL context) plus new connections, time the pacer cannot make up (it never bursts)."""
-    ran: list[int] = []
-    client: openai.AsyncOpenAI | None = None
+    """All the direct batches through one pool of workers, one event loop and one HTTP session: a batch's last
+    answers overlap the next batch's first requests, and every commit runs in a thread while requests go on."""
+    concurrency = max(1, engine.options.max_direct_concurrency)
+    client = engine.async_client()
+    caller: Caller = (ClientCaller(client) if engine.azure
+                                         else HttpCaller.from_client(client, concurrency))
+    pipeline = Pipeline(engine, DirectRunner(engine, pacer, stats), caller, concurrency * CHUNK_PER_SLOT)
     try:
-        for batch in engine.state.batches_in("pushing", "assembled"):
-            if batch.mode != "direct":
+        return await pipeline.run(concurrency)
+    finally:
+        await caller.close()
+
+
+class BatchRun:
+    """One direct batch in flight: its requests, results so far and what is committed."""
+
+    def __init__(self, batch: BatchRecord, items: list[dict], sides: list[dict], path: str) -> None:
+        self.batch = batch
+        self.path = path
+        self.custom_ids = [item["custom_id"] for item in items]
+        self.bodies = [orjson.dumps(item["body"]) for item in items]
+        self.sides = sides
+        self.tokens = [side["tokens"] + side["max_out"] for side in sides]
+        self.n = len(items)
+        self.calls: list[Call | None] = [None] * self.n
+        self.next = batch.direct_done  # the next request to hand to a worker
+        self.prefix = batch.direct_done  # requests before it all have results
+        self.started = time.time()
+
+    @property
+    def durable_sent(self) -> int:
+        return self.batch.direct_sent
+
+    def finish(self, i: int, call: Call) -> bool:
+        """Record request i's result; True when the finished prefix grew."""
+        self.calls[i] = call
+        grew = False
+        while self.prefix < self.n and self.calls[self.prefix] is not None:
+            self.prefix += 1
+            grew = True
+        return grew
+
+
+class Pipeline:
+    """Workers take requests in order from the batch being fed; one committer (a coroutine whose store work runs
+    in a thread) keeps the manifest ahead of them: a request is sent only once "sent up to k" (k past it) is
+    committed, and results are committed as finished prefixes, a chunk at a time. A crash re-sends at most the
+    calls between the committed results and the committed "sent" mark (charged at their worst case, as before).
+    """
+
+    def __init__(self, engine: Engine, runner: DirectRunner, caller: Caller, chunk: int) -> None:
+        self.engine = engine
+        self.runner = runner
+        self.caller = caller
+        self.chunk = chunk
+        self.pending = [b.local_id for b in engine.state.batches_in("pushing", "assembled") if b.mode == "direct"]
+        self.active: list[BatchRun] = []  # opened, not yet committed as done; the last one is fed
+        self.feed: BatchRun | None = None
+        self.exhausted = False  # no batch left to open (or the budgets refuse the next one)
+        self.ran: list[int] = []
+        self.refills = 0
+        self._work = asyncio.Event()  # wakes workers (after a commit)
+        self._commit = asyncio.Event()  # wakes the committer (results to commit, mark to move, batch to open)
+
+    async def run(self, workers: int) -> list[int]:
+        tasks = [asyncio.ensure_future(self._committer())]
+        tasks += [asyncio.ensure_future(self._worker()) for _ in range(workers)]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                if task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+            for task in tasks:
+                task.result()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        return self.ran
+
+    # --- workers ------------------------------------------------------------------------------------------------
+
+    async def _next(self) -> tuple[BatchRun, int] | None:
+        while True:
+            run = self.feed
+            if run is not None and run.next < run.n and run.next < run.durable_sent:
+                i = run.next
+                run.next += 1
+                if run.durable_sent - run.next < self.chunk // 2 and run.durable_sent < run.n:
+                    self._commit.set()  # move the "sent" mark on before the workers reach it
+                return run, i
+            if self.exhausted and (run is None or run.next >= run.n):
+                return None
+            self._commit.set()
+            self._work.clear()
+            await self._work.wait()
+
+    async def _worker(self) -> None:
+        while (job := await self._next()) is not None:
+            run, i = job
+            call = await self.runner.one(self.caller, run.path, run.custom_ids[i], run.bodies[i], run.tokens[i])
+            if run.finish(i, call) and (run.prefix - run.batch.direct_done >= self.chunk or run.prefix == run.n):
+                self._commit.set()
+
+    # --- committer ----------------------------------------------------------------------------------------------
+
+    async def _committer(self) -> None:
+        while True:
+            acted = await self._step()
+            if acted:
+                self._work.set()
+                continue
+            if self.exhausted and not self.active:
+                self._work.set()
+                return
+            self._commit.clear()
+            await self._commit.wait()
+
+    async def _step(self) -> bool:
+        """One commit (in a thread), or False when nothing needs committing now."""
+        for run in list(self.active):
+            if run.prefix == run.n:
+                await asyncio.to_thread(self._commit_done, run)
+                self.active.remove(run)
+                self.ran.append(run.batch.local_id)
+                return True
+        for run in self.active:
+            fed = run is self.feed
+            wants_mark = fed and run.durable_sent < run.n and run.durable_sent - run.next < self.chunk // 2 + 1
+            ready = run.prefix - run.batch.direct_done
+            if wants_mark or ready >= self.chunk:
+                mark = min(run.n, run.next + self.chunk) if wants_mark else run.durable_sent
+                await asyncio.to_thread(self._commit_progress, run, max(mark, run.durable_sent))
+                return True
+        if not self.exhausted and (self.feed is None or self.feed.next >= self.feed.n):
+            run = await asyncio.to_thread(self._open_next)
+            if run is not None:
+                self.active.append(run)
+                self.feed = run
+            return True
+        return False
+
+    def _open_next(self) -> BatchRun | None:
+        """Reserve the next direct batch's spend, read it, recover calls a crash lost; None when none is left."""
+        engine = self.engine
+        while self.pending or self._refill():
+            batch = engine.state.batches[self.pending.pop(0)]
+            if batch.mode != "direct" or batch.state not in ("assembled", "pushing"):
                 continue
             if batch.state == "pushing" and not engine.fence.may_create_again("direct", batch.local_id):
                 continue  # a previous lease holder may still be sending its calls
@@ -171,60 +319,59 @@ async def _run_batches(engine: Engine, pacer: Pacer, stats: DirectStats) -> list
                     log.info("direct batch %d waits: %s reached", batch.local_id, refusal)
                     break
                 batch = reserve_and_mark(engine, batch, "pushing")
-            if client is None:
-                client = engine.async_client()
-            await _run_batch(engine, batch, pacer, stats, client)
-            ran.append(batch.local_id)
-    finally:
-        if client is not None:
-            await client.close()
-    return ran
+            store = engine.store
+            items = [orjson.loads(raw) for raw in store.iter_lines(BlobRef.model_validate(batch.input_ref))]
+            sides = [orjson.loads(raw) for raw in store.iter_lines(BlobRef.model_validate(batch.sidecar_ref))]
+            if batch.direct_sent > batch.direct_done:
+                batch = _recover_lost_calls(engine, batch, items, sides)
+            run = BatchRun(batch, items, sides, endpoint_path(batch.endpoint))
+            if run.next < run.n:
+                self._commit_progress(run, min(run.n, run.next + self.chunk))
+            return run
+        self.exhausted = True
+        return None
 
+    def _refill(self) -> bool:
+        """Assemble more direct batches while the workers still send (the run loop would do it after a pause)."""
+        from gbatch_flows.engine.runner import choose_mode  # the runner imports this module
 
-async def _run_batch(engine: Engine, batch: BatchRecord, pacer: Pacer, stats: DirectStats,
-                     client: openai.AsyncOpenAI) -> None:
-    """Send a direct batch in chunks: commit "sent up to k" before a chunk and its results after it, so that a
-    crash re-sends at most one chunk, whose calls are charged at their worst case and reserved again."""
-    store = engine.store
-    items = [orjson.loads(raw) for raw in store.iter_lines(BlobRef.model_validate(batch.input_ref))]
-    sides = [orjson.loads(raw) for raw in store.iter_lines(BlobRef.model_validate(batch.sidecar_ref))]
-    started = time.time()
-    if batch.direct_sent > batch.direct_done:
-        batch = _recover_lost_calls(engine, batch, items, sides)
-    chunk = max(1, engine.options.max_direct_concurrency) * CHUNK_PER_SLOT
-    while batch.direct_done < len(items):
-        lo = batch.direct_done
-        hi = min(len(items), lo + chunk)
-        batch = _commit_batch(engine, batch, {"direct_sent": hi}, f"direct batch {batch.local_id}: sending {lo}-{hi}")
-        lines, unknown = await _run_lines(engine, batch, items[lo:hi], sides[lo:hi], pacer, stats, client)
-        batch = _commit_part(engine, batch, lines, hi, unknown)
-    ref = store.put_blob(f"results/{batch.local_id:06d}.jsonl", _concat_parts(engine, batch))
-    _commit_batch(engine, batch, {
-        "state": "done", "remote_status": "completed", "results_ref": ref.model_dump(mode="json"),
-        "pushed_at": batch.pushed_at or started, "finished_at": time.time(),
-    }, f"direct batch {batch.local_id} ran ({len(items)} requests)")
+        if self.refills >= MAX_REFILLS or choose_mode(self.engine) != "direct":
+            return False
+        self.refills += 1
+        self.pending.extend(assemble(self.engine, "direct"))
+        return bool(self.pending)
 
+    def _commit_progress(self, run: BatchRun, mark: int) -> None:
+        """Commit the finished prefix's results (as a new part) and the "sent up to" mark, in one commit; calls with
+        an unknown outcome (``Call.unknown``) are charged at their worst case in the same commit."""
+        batch = run.batch
+        lo, hi = batch.direct_done, run.prefix
+        update: dict[str, Any] = {"direct_sent": max(mark, batch.direct_sent)}
+        if hi > lo:
+            calls: list[Call] = run.calls[lo:hi]  # type: ignore[assignment]
+            ref = self.engine.store.put_blob(_part_path(batch), [b"\n".join(c.line for c in calls) + b"\n"])
+            update["direct_done"] = hi
+            update["direct_parts"] = [*batch.direct_parts, ref.model_dump(mode="json")]
+            unknown = _worst_of(self.engine, batch, [run.sides[lo + k] for k, c in enumerate(calls) if c.unknown])
+            if unknown.requests:  # within the batch's own reservation: such a call has no result to count
+                update["lost_spend"] = batch.lost_spend + unknown
+                log.warning("direct batch %d: %d calls with an unknown outcome charged at their worst case $%.4f; "
+                            "their requests go back to the queue", batch.local_id, unknown.requests, unknown.cost)
+        run.batch = _commit_batch(self.engine, batch, update,
+                                  f"direct batch {batch.local_id}: results up to {hi}, sending up to {mark}")
+        self.runner.stats.commits += 1
 
-def _commit_batch(engine: Engine, batch: BatchRecord, update: dict[str, Any], message: str) -> BatchRecord:
-    changes = Changes()
-    updated = engine.state.batches[batch.local_id].model_copy(update=update)
-    changes.batch(updated)
-    engine.commit(changes, message)
-    return updated
-
-
-def _commit_part(engine: Engine, batch: BatchRecord, lines: list[bytes], done: int,
-                 unknown: limits.Spend) -> BatchRecord:
-    """Commit a chunk's results; its calls with an unknown outcome are charged at their worst case (within the
-    batch's own reservation: such a call has no result, so nothing else of it is counted)."""
-    ref = engine.store.put_blob(f"results/{batch.local_id:06d}.part{len(batch.direct_parts):05d}.jsonl",
-                                [b"\n".join(lines) + b"\n"])
-    update: dict[str, Any] = {"direct_done": done, "direct_parts": [*batch.direct_parts, ref.model_dump(mode="json")]}
-    if unknown.requests:
-        update["lost_spend"] = batch.lost_spend + unknown
-        log.warning("direct batch %d: %d calls with an unknown outcome charged at their worst case $%.4f; their "
-                    "requests go back to the queue", batch.local_id, unknown.requests, unknown.cost)
-    return _commit_batch(engine, batch, update, f"direct batch {batch.local_id}: results up to {done}")
+    def _commit_done(self, run: BatchRun) -> None:
+        """The last results and the whole batch's results file, with the batch marked done, in one commit."""
+        if run.prefix > run.batch.direct_done:
+            self._commit_progress(run, run.n)
+        batch = run.batch
+        ref = self.engine.store.put_blob(f"results/{batch.local_id:06d}.jsonl", _concat_parts(self.engine, batch))
+        run.batch = _commit_batch(self.engine, batch, {
+            "state": "done", "remote_status": "completed", "results_ref": ref.model_dump(mode="json"),
+            "pushed_at": batch.pushed_at or run.started, "finished_at": time.time(),
+        }, f"direct batch {batch.local_id} ran ({run.n} requests)")
+        self.runner.stats.commits += 1
 
 
 def _worst_of(engine: Engine, batch: BatchRecord, sides: list[dict]) -> limits.Spend:
@@ -235,6 +382,18 @@ def _worst_of(engine: Engine, batch: BatchRecord, sides: list[dict]) -> limits.S
         lost = lost + limits.Spend(requests=1, tokens=side["tokens"] + side["max_out"],
                                    cost=costs.worst_case_cost(side["tokens"], side["max_out"], prices, "direct"))
     return lost
+
+
+def _part_path(batch: BatchRecord) -> str:
+    return f"results/{batch.local_id:06d}.part{len(batch.direct_parts):05d}.jsonl"
+
+
+def _commit_batch(engine: Engine, batch: BatchRecord, update: dict[str, Any], message: str) -> BatchRecord:
+    changes = Changes()
+    updated = engine.state.batches[batch.local_id].model_copy(update=update)
+    changes.batch(updated)
+    engine.commit(changes, message)
+    return updated
 
 
 def _concat_parts(engine: Engine, batch: BatchRecord):
@@ -266,8 +425,7 @@ def _recover_lost_calls(engine: Engine, batch: BatchRecord, items: list[dict], s
                     batch.local_id, hi - lo, refusal)
         error = {"code": "lost_in_crash", "message": f"sent before a crash; re-sending would exceed {refusal}"}
         lines = [_line(item["custom_id"], 400, None, error, None) for item in items[lo:hi]]
-        ref = engine.store.put_blob(f"results/{batch.local_id:06d}.part{len(batch.direct_parts):05d}.jsonl",
-                                    [b"\n".join(lines) + b"\n"])
+        ref = engine.store.put_blob(_part_path(batch), [b"\n".join(lines) + b"\n"])
         update["direct_parts"] = [*batch.direct_parts, ref.model_dump(mode="json")]
         update["direct_done"] = hi
     updated = engine.state.batches[batch.local_id].model_copy(update=update)

@@ -1,0 +1,124 @@
+"""The direct executor: HTTP outcomes, sending never ahead of the committed mark, commits off the sending path."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from gbatch_flows.emulator import EmulatorConfig, FaultConfig, run_emulator
+from gbatch_flows.emulator.config import FaultRates
+from gbatch_flows.engine import direct
+from gbatch_flows.engine.direct_http import CallOutcome, HttpCaller, endpoint_path
+from gbatch_flows.engine.output import records
+from gbatch_flows.engine.runner import Runner, run_engine
+
+from .conftest import DUMMY_KEY, EchoTask, engine_for, make_options
+
+
+def out_records(engine) -> list[dict]:
+    return list(records(engine.store, engine.refresh()))
+
+
+BODY = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"max_completion_tokens":5}'
+
+
+def test_endpoint_paths():
+    assert endpoint_path("/v1/chat/completions") == "chat/completions"
+    assert endpoint_path("/v1/embeddings") == "embeddings"
+    with pytest.raises(ValueError, match="does not support"):
+        endpoint_path("/v1/completions")
+
+
+@pytest.mark.parametrize(("rates", "status", "outcome"), [
+    (FaultRates(), 200, CallOutcome.DONE),
+    (FaultRates(http_429=1.0), 429, CallOutcome.NOT_DONE),
+    (FaultRates(http_500=1.0), 500, CallOutcome.UNKNOWN),
+    (FaultRates(http_503=1.0), 503, CallOutcome.NOT_DONE),
+    (FaultRates(drop_connection=1.0), None, CallOutcome.UNKNOWN),
+])
+def test_call_outcomes(rates, status, outcome):
+    with run_emulator(EmulatorConfig(batch_api=False, faults=FaultConfig(rates=rates))) as emu:
+        caller = HttpCaller(emu.base_url, {"Authorization": f"Bearer {DUMMY_KEY}",
+                                           "Content-Type": "application/json"}, 10.0, 2)
+
+        async def go():
+            try:
+                return await caller.post("chat/completions", BODY)
+            finally:
+                await caller.close()
+
+        answer = asyncio.run(go())
+    assert answer.status == status and answer.outcome is outcome
+    if status == 200:
+        assert b'"choices"' in answer.body and answer.headers.get("x-ratelimit-limit-requests") is None
+
+
+def test_connection_refused_is_not_done():
+    caller = HttpCaller("http://127.0.0.1:9/v1", {}, 5.0, 1)  # nothing listens on port 9
+
+    async def go():
+        try:
+            return await caller.post("chat/completions", BODY)
+        finally:
+            await caller.close()
+
+    answer = asyncio.run(go())
+    assert answer.status is None and answer.outcome is CallOutcome.NOT_DONE
+
+
+def test_unknown_outcomes_are_charged_at_worst_case_and_requeued_not_resent(tmp_path):
+    faults = FaultConfig(seed=3, rates=FaultRates(http_500=0.2, drop_connection=0.1, ops=["chat.completions"]))
+    with run_emulator(EmulatorConfig(batch_api=False, faults=faults)) as emu:
+        options = make_options(tmp_path, force_direct=True, max_batch_requests=30, max_direct_concurrency=4)
+        with engine_for(EchoTask(n=30), options, emu) as engine:
+            runner = Runner(engine)
+            summary = runner.run()
+            stats = runner.direct_stats
+            lost = sum(b.lost_spend.requests for b in engine.state.batches.values())
+            keys = {r["key"] for r in out_records(engine) if "answer" in r}
+    assert summary.status == "finished" and len(keys) == 30  # unknown ones went back to the queue, sent again
+    assert stats.unknown > 0 and lost == stats.unknown  # each charged once at its worst case
+
+
+def test_never_sends_past_the_committed_mark_and_commits_do_not_stall_sending(tmp_path, monkeypatch):
+    """Every call starts only when the manifest already says it may have been sent (a crash charges it), and
+    calls go on while a (slowed-down) commit is being written."""
+    with run_emulator(EmulatorConfig(batch_api=False)) as emu:
+        options = make_options(tmp_path, force_direct=True, max_batch_requests=200, max_direct_concurrency=4)
+        with engine_for(EchoTask(n=200), options, emu) as engine:
+            started = 0
+            violations: list[str] = []
+            in_commit = threading.Event()
+            during_commit = 0
+            real_call = direct._call
+            real_commit = engine.commit
+
+            async def watched_call(*args, **kwargs):
+                nonlocal started, during_commit
+                started += 1
+                marked = sum(b.direct_sent for b in engine.state.batches.values() if b.mode == "direct")
+                if started > marked:
+                    violations.append(f"call {started} started with only {marked} marked as sent")
+                if in_commit.is_set():
+                    during_commit += 1
+                return await real_call(*args, **kwargs)
+
+            def slow_commit(changes, message):
+                in_commit.set()
+                try:
+                    time.sleep(0.03)
+                    return real_commit(changes, message)
+                finally:
+                    in_commit.clear()
+
+            monkeypatch.setattr(direct, "_call", watched_call)
+            monkeypatch.setattr(engine, "commit", slow_commit)
+            summary = run_engine(engine)
+            batches = [b for b in engine.state.batches.values() if b.mode == "direct"]
+    assert summary.status == "finished" and started == 200
+    assert not violations, violations[:3]
+    assert during_commit > 20, f"only {during_commit} of 200 calls went out while a commit was being written"
+    assert all(b.state == "processed" and b.direct_done == b.requests for b in batches)
