@@ -167,7 +167,7 @@ async def _run_batches(engine: Engine, pacer: Pacer, stats: DirectStats) -> list
     concurrency = max(1, engine.options.max_direct_concurrency)
     client = engine.async_client()
     caller: Caller = (ClientCaller(client) if engine.azure
-                                         else HttpCaller.from_client(client, concurrency))
+                      else HttpCaller.from_client(client, concurrency))
     pipeline = Pipeline(engine, DirectRunner(engine, pacer, stats), caller, concurrency * CHUNK_PER_SLOT)
     try:
         return await pipeline.run(concurrency)
