@@ -35,6 +35,8 @@ class Engine:
     async_client_factory: Callable[[], openai.AsyncOpenAI]
     local_server: bool = False
     lease: Lease | None = None
+    flags_only_prices: bool = False  # a public non-OpenAI server: no price table is known, prices come from flags
+    outage: Any = None  # remote_errors.OutagePolicy of the run (None: the default policy)
     on_commit: list[Callable[[TaskState], None]] = field(default_factory=list)
     _state: TaskState | None = None
     _prices: dict[tuple[str, str], Any] = field(default_factory=dict)
@@ -72,7 +74,7 @@ class Engine:
         return self.state.require_task().meta
 
     def prices(self, model: str) -> costs.Prices:
-        key = (model, "local" if self.local_server else "api")
+        key = (model, "local" if self.local_server else "flags" if self.flags_only_prices else "api")
         if key not in self._prices:
             overrides = costs.PriceOverrides(
                 cost_input_direct_mtoken=self.options.cost_input_direct_mtoken,
@@ -81,5 +83,6 @@ class Engine:
                 cost_output_direct_mtoken=self.options.cost_output_direct_mtoken,
                 cost_output_batch_mtoken=self.options.cost_output_batch_mtoken,
             )
-            self._prices[key] = costs.prices_for(model, overrides, local_server=self.local_server)
+            self._prices[key] = costs.prices_for(model, overrides, local_server=self.local_server,
+                                                 flags_only=self.flags_only_prices)
         return self._prices[key]

@@ -1,0 +1,260 @@
+"""One classification of the errors of the remote API, and one retry rule for every stage (issue 15).
+
+* transient (no connection, timeout, 408/409/429, 5xx) -> retried with back-off while the outage lasts less than
+  ``--max_outage_s``; longer, the run stops with one line naming that option;
+* authentication / permission (401, 403) -> the run stops; nothing is marked failed;
+* a missing Batch API endpoint (404 on ``/batches`` or ``/files``) -> the run stops: "add --force_direct";
+* any other 4xx -> a request-level error: the caller fails that request (the exception is re-raised as it is).
+
+``call_remote(fn, what, policy)`` applies the rule to one call; ``guard_client`` applies it to every call made
+through an ``openai.OpenAI`` client (idempotent calls are retried in place, creations are never re-sent here: their
+caller decides, and an outage longer than the bound still stops the run).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, TypeVar
+from urllib.parse import urlparse
+
+import httpx
+import openai
+from openai._resource import SyncAPIResource
+
+from gbatch_flows.engine.context import EngineStop
+
+log = logging.getLogger("gbatch_flows.remote")
+
+T = TypeVar("T")
+
+OUTAGE_OPTION = "--max_outage_s"
+TRANSIENT_STATUS = frozenset({408, 409, 429})
+BATCH_API_PATHS = ("/batches", "/files")
+#: client methods that read or delete: safe to send again after a lost answer
+IDEMPOTENT_METHODS = frozenset({"retrieve", "list", "content", "retrieve_content", "delete"})
+
+
+class Kind(StrEnum):
+    TRANSIENT = "transient"
+    AUTH = "auth"
+    NO_ENDPOINT = "no_endpoint"
+    REQUEST = "request"
+
+
+class RemoteStop(EngineStop):
+    """The run must stop because of the remote (key refused, no Batch API, outage too long); one line."""
+
+
+def _status(exc: BaseException) -> int | None:
+    return exc.status_code if isinstance(exc, openai.APIStatusError) else None
+
+
+def _request_path(exc: BaseException) -> str:
+    request = getattr(exc, "request", None)
+    url = getattr(request, "url", None)
+    return str(getattr(url, "path", "") or "")
+
+
+def is_openai_url(base_url: str | None) -> bool:
+    return not base_url or (urlparse(base_url).hostname or "") == "api.openai.com"
+
+
+def classify(exc: BaseException) -> Kind | None:
+    """The kind of a remote error, or None when ``exc`` is not an error of the remote API."""
+    if isinstance(exc, (openai.APIConnectionError, httpx.TransportError, ConnectionError, TimeoutError)):
+        return Kind.TRANSIENT
+    if not isinstance(exc, openai.APIStatusError):
+        return None
+    status = exc.status_code
+    if status in (401, 403):
+        return Kind.AUTH
+    if status == 404 and _request_path(exc).rstrip("/").endswith(BATCH_API_PATHS):
+        return Kind.NO_ENDPOINT
+    if status in TRANSIENT_STATUS or status >= 500:
+        return Kind.TRANSIENT
+    return Kind.REQUEST
+
+
+def _short(exc: BaseException) -> str:
+    status = _status(exc)
+    text = f"{type(exc).__name__}{f' {status}' if status else ''}"
+    body = getattr(exc, "body", None)
+    message = body.get("message") if isinstance(body, dict) else None
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        message = body["error"].get("message") or message
+    detail = str(message or exc).splitlines()[0][:160] if (message or str(exc)) else ""
+    return f"{text}: {detail}" if detail else text
+
+
+def stop_message(kind: Kind, what: str, exc: BaseException, base_url: str | None) -> str:
+    """The one line the user reads when a remote error stops the run."""
+    where = base_url or "the OpenAI API"
+    if kind is Kind.AUTH and _status(exc) == 403:
+        return (f"{what}: permission denied by {where} ({_short(exc)}): the key has no access to this model, "
+                "endpoint or project; fix the key's permissions or --openai_organization / --openai_project, then "
+                "run again (nothing was marked failed)")
+    if kind is Kind.AUTH:
+        return (f"{what}: {where} refused the API key ({_short(exc)}): set a valid OPENAI_API_KEY (or "
+                "--openai_api_key), then run again (nothing was marked failed)")
+    if kind is Kind.NO_ENDPOINT:
+        if is_openai_url(base_url):
+            return (f"{what}: the Batch API endpoint {_request_path(exc)} was not found ({_short(exc)}): check "
+                    "--client_base_url (it usually ends in /v1), or add --force_direct")
+        return (f"{what}: this server ({where}) has no Batch API ({_request_path(exc)} answers 404): add "
+                "--force_direct to send the requests one by one")
+    return f"{what}: {_short(exc)}"
+
+
+def outage_message(what: str, exc: BaseException, down_s: float, bound_s: float) -> str:
+    return (f"{what}: the remote has been failing for {down_s:.0f}s ({_short(exc)}), longer than "
+            f"{OUTAGE_OPTION} {bound_s:g}: check the network / the server, then run again to resume (raise "
+            f"{OUTAGE_OPTION} to wait longer)")
+
+
+@dataclass
+class OutageTracker:
+    """When the current outage began (the first failure since the last success); shared by all calls of a run."""
+
+    clock: Callable[[], float] = time.monotonic
+    since: float | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def failed(self) -> float:
+        """Note a transient failure; returns how long the remote has been down."""
+        with self._lock:
+            now = self.clock()
+            if self.since is None:
+                self.since = now
+            return now - self.since
+
+    def succeeded(self) -> None:
+        with self._lock:
+            self.since = None
+
+    def down_for(self) -> float:
+        with self._lock:
+            return 0.0 if self.since is None else self.clock() - self.since
+
+
+@dataclass
+class OutagePolicy:
+    """How long (wall clock) a run waits out an outage, and how it backs off meanwhile."""
+
+    max_outage_s: float = 180.0
+    base_url: str | None = None
+    first_wait_s: float = 0.5
+    max_wait_s: float = 15.0
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+    tracker: OutageTracker | None = None
+
+    def __post_init__(self) -> None:
+        if self.tracker is None:
+            self.tracker = OutageTracker(self.clock)
+
+    def backoff(self, attempt: int, down_s: float) -> float:
+        wait = min(self.max_wait_s, self.first_wait_s * 2 ** attempt) * random.uniform(0.75, 1.0)
+        return max(0.0, min(wait, self.max_outage_s - down_s))
+
+
+def call_remote(fn: Callable[[], T], what: str, policy: OutagePolicy, retry: bool = True) -> T:
+    """``fn()`` under the rule of this module.
+
+    ``retry=False`` (creations, which must not be sent twice): a transient error is re-raised for the caller to
+    handle, unless the outage already lasts longer than the bound (then the run stops).
+    """
+    tracker = policy.tracker
+    assert tracker is not None
+    attempt = 0
+    while True:
+        try:
+            result = fn()
+        except Exception as exc:
+            kind = classify(exc)
+            if kind is None or kind is Kind.REQUEST:
+                if kind is Kind.REQUEST:
+                    tracker.succeeded()  # the server answered
+                raise
+            if kind is not Kind.TRANSIENT:
+                raise RemoteStop(stop_message(kind, what, exc, policy.base_url)) from exc
+            down = tracker.failed()
+            if down >= policy.max_outage_s:
+                raise RemoteStop(outage_message(what, exc, down, policy.max_outage_s)) from exc
+            if not retry:
+                raise
+            wait = policy.backoff(attempt, down)
+            log.warning("%s failed (%s); retrying in %.1fs (down for %.0fs of %s %g)", what, _short(exc), wait,
+                        down, OUTAGE_OPTION, policy.max_outage_s)
+            policy.sleep(wait)
+            attempt += 1
+            continue
+        tracker.succeeded()
+        return result
+
+
+# ---------------------------------------------------------------- the guarded client
+
+
+def _is_resource(value: Any) -> bool:
+    """A client, one of its resources (``client.batches``) or their raw/streaming-response views."""
+    return isinstance(value, (openai.OpenAI, SyncAPIResource)) or type(value).__name__.endswith(
+        ("WithRawResponse", "WithStreamingResponse"))
+
+
+class _GuardedEnter:
+    """A streaming response context manager whose opening (the request) is guarded."""
+
+    def __init__(self, target: Any, what: str, policy: OutagePolicy):
+        self._target, self._what, self._policy = target, what, policy
+
+    def __enter__(self) -> Any:
+        return call_remote(self._target.__enter__, self._what, self._policy)
+
+    def __exit__(self, *exc: Any) -> Any:
+        return self._target.__exit__(*exc)
+
+
+class GuardedClient:
+    """Wraps an ``openai.OpenAI`` client (or one of its resources): every call goes through ``call_remote``."""
+
+    def __init__(self, target: Any, policy: OutagePolicy, path: str = "client"):
+        self._target = target
+        self._policy = policy
+        self._path = path
+
+    @property
+    def unguarded(self) -> Any:
+        return self._target
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._target, name)
+        path = f"{self._path}.{name}"
+        if _is_resource(value):
+            return GuardedClient(value, self._policy, path)
+        if not callable(value) or isinstance(value, type):
+            return value
+        policy = self._policy
+
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            what = path.removeprefix("client.").replace("with_streaming_response.", "").replace(
+                "with_raw_response.", "")
+            if name == "with_options" or name == "copy":
+                return GuardedClient(value(*args, **kwargs), policy, self._path)
+            result = call_remote(lambda: value(*args, **kwargs), what, policy, retry=name in IDEMPOTENT_METHODS)
+            if hasattr(result, "__enter__") and "with_streaming_response" in path:
+                return _GuardedEnter(result, what, policy)
+            if _is_resource(result):
+                return GuardedClient(result, policy, path)
+            return result
+
+        return guarded
+
+
+def guard_client(client: openai.OpenAI, policy: OutagePolicy) -> Any:
+    return GuardedClient(client, policy)
