@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlparse
 
-from gbatch_flows import api
+from gbatch_flows import api, folder_checks
 from gbatch_flows.engine import operations
 from gbatch_flows.engine.context import Engine, EngineStop
 from gbatch_flows.engine.generate import ensure_task
@@ -169,10 +169,15 @@ def prepare(engine: Engine, task: Task) -> dict[str, Any]:
     options = engine.options
     done: dict[str, Any] = {}
     if options.wipe_task:
+        cleared = folder_checks.clear_orphan_files(engine.store, engine.state)
         operations.wipe_task(engine, task.output_name)
         done["wipe_task"] = True
+        if cleared:
+            log.info("wipe_task: removed %d data files left without a manifest", cleared)
         if options.no_run:
             return done
+    folder_checks.check_orphan_files(engine.store, engine.state)
+    folder_checks.check_output_parts(engine.store, engine.state)
     meta = task.build_meta(options)
     engine.prices(meta["model"])  # an unknown model without --cost_* flags stops here, before anything is stored
     ensure_task(engine, task.name, meta, reinit_meta=options.reinit_meta)

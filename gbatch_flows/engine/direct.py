@@ -14,10 +14,11 @@ import random
 import time
 from typing import Any
 
+import httpx
 import openai
 import orjson
 
-from gbatch_flows import api, costs
+from gbatch_flows import costs, remote_errors
 from gbatch_flows.engine import limits
 from gbatch_flows.engine.context import Engine
 from gbatch_flows.engine.pacer import Pacer, parse_reset
@@ -55,6 +56,9 @@ class DirectRunner:
         self.pacer = pacer
         self.stats = stats
         self.verbose = engine.options.direct_verbose
+        self.policy = engine.outage or remote_errors.OutagePolicy(engine.options.max_outage_s)
+        self.tracker = self.policy.tracker
+        self.stop: remote_errors.RemoteStop | None = None
 
     def _show(self, level: str, custom_id: str, body: dict[str, Any], answer: Any) -> None:
         order = {"never": 0, "error": 1, "warn": 2, "always": 3}
@@ -63,44 +67,69 @@ class DirectRunner:
                         orjson.dumps(body).decode()[:2000], str(answer)[:2000])
 
     async def one(self, client: openai.AsyncOpenAI, sem: asyncio.Semaphore, endpoint: str, item: dict[str, Any],
-                  tokens: int) -> bytes:
+                  tokens: int) -> bytes | None:
+        """The result line of one request; None when the run must stop (``self.stop``) before it got an answer.
+
+        Errors follow ``remote_errors``: a refused key stops the run (nothing marked failed); transient errors are
+        retried while the remote is down for less than --max_outage_s (longer stops the run); a request that keeps
+        failing while other requests get answers gives up after MAX_ATTEMPTS (requeued by the process stage); any
+        other 4xx fails that request.
+        """
         custom_id, body = item["custom_id"], item["body"]
         last: dict[str, Any] = {}
-        for attempt in range(MAX_ATTEMPTS):
+        attempt = 0
+        while self.stop is None:
             await self.pacer.acquire(tokens)
             async with sem:
+                if self.stop is not None:
+                    break
                 self.stats.requests += 1
                 try:
                     raw = await _call(client, endpoint, body)
-                except openai.APIStatusError as exc:
-                    status, last = exc.status_code, _error_body(exc)
-                    outcome = api.classify_exception(exc)
-                    if status == 429:
-                        self.stats.rate_limited += 1
-                        wait = parse_reset(exc.response.headers.get("retry-after")) or 2.0 ** attempt
-                        self.pacer.back_off(wait)
-                    if outcome is api.Outcome.RETRYABLE and attempt + 1 < MAX_ATTEMPTS:
+                except (openai.APIError, httpx.TransportError) as exc:
+                    kind = remote_errors.classify(exc)
+                    status = getattr(exc, "status_code", None)
+                    if kind is remote_errors.Kind.AUTH or kind is remote_errors.Kind.NO_ENDPOINT:
+                        self.stop = remote_errors.RemoteStop(remote_errors.stop_message(
+                            kind, f"direct request {custom_id}", exc, self.policy.base_url))
+                        break
+                    if kind is not remote_errors.Kind.TRANSIENT:
+                        self.tracker.succeeded()  # the server answered: the request itself is refused
+                        self.stats.errors += 1
+                        self._show("error", custom_id, body, exc)
+                        last = _error_body(exc) if isinstance(exc, openai.APIStatusError) else {
+                            "code": "invalid_request", "message": str(exc)}
+                        return _line(custom_id, status, None, last, getattr(exc, "request_id", None))
+                    down = self.tracker.failed()
+                    if isinstance(exc, openai.APIStatusError):
+                        last = _error_body(exc)
+                        if status == 429:
+                            self.stats.rate_limited += 1
+                            wait = parse_reset(exc.response.headers.get("retry-after")) or 2.0 ** attempt
+                            self.pacer.back_off(wait)
+                    else:
+                        last = {"code": "server_error", "message": str(exc)}
+                    if down >= self.policy.max_outage_s:
+                        self.stop = remote_errors.RemoteStop(remote_errors.outage_message(
+                            "direct requests", exc, down, self.policy.max_outage_s))
+                        break
+                    outage = self.tracker.down_for() > 0  # no answer from the server since this failure began
+                    if attempt + 1 < MAX_ATTEMPTS or outage:
                         self._show("warn", custom_id, body, exc)
-                        await asyncio.sleep(min(30.0, 0.2 * 2 ** attempt) * random.uniform(0.5, 1.0))
+                        attempt += 1
+                        left = self.policy.max_outage_s - down
+                        await asyncio.sleep(min(30.0, left, 0.2 * 2 ** min(attempt, 8)) * random.uniform(0.5, 1.0))
                         continue
                     self.stats.errors += 1
                     self._show("error", custom_id, body, exc)
-                    return _line(custom_id, status, None, last, exc.request_id)
-                except (openai.APIConnectionError, openai.APITimeoutError) as exc:
-                    last = {"code": "server_error", "message": str(exc)}
-                    if attempt + 1 < MAX_ATTEMPTS:
-                        self._show("warn", custom_id, body, exc)
-                        await asyncio.sleep(min(30.0, 0.2 * 2 ** attempt) * random.uniform(0.5, 1.0))
-                        continue
-                    self.stats.errors += 1
-                    self._show("error", custom_id, body, exc)
-                    return _line(custom_id, None, None, last, None)
+                    return _line(custom_id, status, None, last, getattr(exc, "request_id", None))
+            self.tracker.succeeded()
             self.pacer.update_from_headers(raw.headers)
             parsed = raw.parse()
             answer = parsed.model_dump(mode="json", exclude_unset=True) if hasattr(parsed, "model_dump") else parsed
             self._show("always", custom_id, body, answer)
             return _line(custom_id, raw.status_code, answer, None, raw.headers.get("x-request-id"))
-        return _line(custom_id, None, None, last or {"code": "server_error", "message": "no attempt"}, None)
+        return None
 
 
 def _error_body(exc: openai.APIStatusError) -> dict[str, Any]:
@@ -115,13 +144,15 @@ def _line(custom_id: str, status: int | None, body: Any, error: dict[str, Any] |
 
 
 async def _run_lines(engine: Engine, batch: BatchRecord, items: list[dict], sides: list[dict], pacer: Pacer,
-                     stats: DirectStats, client: openai.AsyncOpenAI) -> list[bytes]:
+                     stats: DirectStats, client: openai.AsyncOpenAI) -> tuple[list[bytes | None], Any]:
+    """The result lines of a chunk and the RemoteStop that ended it early (or None)."""
     runner = DirectRunner(engine, pacer, stats)
     sem = asyncio.Semaphore(max(1, engine.options.max_direct_concurrency))
-    return await asyncio.gather(*(
+    lines = await asyncio.gather(*(
         runner.one(client, sem, batch.endpoint, item, side["tokens"] + side["max_out"])
         for item, side in zip(items, sides)
     ))
+    return lines, runner.stop
 
 
 def run_direct(engine: Engine, pacer: Pacer | None = None, stats: DirectStats | None = None) -> list[int]:
@@ -173,13 +204,25 @@ async def _run_batch(engine: Engine, batch: BatchRecord, pacer: Pacer, stats: Di
         lo = batch.direct_done
         hi = min(len(items), lo + chunk)
         batch = _commit_batch(engine, batch, {"direct_sent": hi}, f"direct batch {batch.local_id}: sending {lo}-{hi}")
-        lines = await _run_lines(engine, batch, items[lo:hi], sides[lo:hi], pacer, stats, client)
-        batch = _commit_part(engine, batch, lines, hi)
+        lines, stop = await _run_lines(engine, batch, items[lo:hi], sides[lo:hi], pacer, stats, client)
+        if stop is not None:
+            _stop_chunk(engine, batch, lines, lo)
+            raise stop
+        batch = _commit_part(engine, batch, [line for line in lines if line is not None], hi)
     ref = store.put_blob(f"results/{batch.local_id:06d}.jsonl", _concat_parts(engine, batch))
     _commit_batch(engine, batch, {
         "state": "done", "remote_status": "completed", "results_ref": ref.model_dump(mode="json"),
         "pushed_at": batch.pushed_at or started, "finished_at": time.time(),
     }, f"direct batch {batch.local_id} ran ({len(items)} requests)")
+
+
+def _stop_chunk(engine: Engine, batch: BatchRecord, lines: list[bytes | None], lo: int) -> None:
+    """The run stops in the middle of a chunk (key refused, outage too long): nothing is marked failed. When no
+    call of the chunk got an answer (nothing was billed) the chunk is un-sent; otherwise it stays "sent", and the
+    next run charges it at its worst case and sends it again, as after a crash."""
+    if all(line is None for line in lines):
+        _commit_batch(engine, batch, {"direct_sent": lo}, f"direct batch {batch.local_id}: chunk from {lo} not sent "
+                      "(the run stops)")
 
 
 def _commit_batch(engine: Engine, batch: BatchRecord, update: dict[str, Any], message: str) -> BatchRecord:

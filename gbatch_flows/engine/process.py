@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import openai
 import orjson
 
@@ -258,7 +259,7 @@ def process_batch(engine: Engine, batch: BatchRecord, force_retry: str | None = 
             log.warning("results of batch %d are gone from the server (%s): its requests will be retried",
                         batch.local_id, api.describe_exception(exc))
             empty = True
-        except openai.OpenAIError as exc:
+        except (openai.OpenAIError, httpx.TransportError) as exc:  # a connection lost mid-download too
             log.warning("download of batch %d results failed, will retry: %s", batch.local_id,
                         api.describe_exception(exc))
             return False
@@ -268,7 +269,8 @@ def process_batch(engine: Engine, batch: BatchRecord, force_retry: str | None = 
         ref = engine.store.put_blob(f"results/{batch.local_id:06d}.jsonl", [b""])
     with gc_paused():
         out = BatchProcessor(engine, batch, force_retry).run(read_results(engine, ref))
-    _commit_processed(engine, batch, ref, out, failed_batch=force_retry is not None)
+    lost = empty or batch.remote_status == "lost"
+    _commit_processed(engine, batch, ref, out, failed_batch=force_retry is not None, lost=lost)
     if batch.mode == "batch":
         delete_remote_files(engine, batch)
     return True
@@ -293,7 +295,8 @@ def _part(store: Any, path: str, lines: list[tuple[int, int, bytes]]) -> BlobRef
     return store.put_blob(path, [b"\n".join(t[2] for t in lines) + b"\n"])
 
 
-def _commit_processed(engine: Engine, batch: BatchRecord, ref: BlobRef, out: BatchOutcome, failed_batch: bool) -> None:
+def _commit_processed(engine: Engine, batch: BatchRecord, ref: BlobRef, out: BatchOutcome, failed_batch: bool,
+                      lost: bool = False) -> None:
     store = engine.store
     task = engine.state.require_task()
     changes = Changes()
@@ -331,6 +334,13 @@ def _commit_processed(engine: Engine, batch: BatchRecord, ref: BlobRef, out: Bat
     engine.commit(changes, f"processed batch {batch.local_id}: {out.outcomes.model_dump()}")
     log.info("processed batch %d: ok %d, retried %d, failed %d, follow-ups %d, $%.4f", batch.local_id,
              out.outcomes.ok, out.outcomes.retried, out.outcomes.failed, out.outcomes.followups, cost)
+    if update["consecutive_pass_failures"] > engine.options.max_pass_failures and lost:
+        raise EngineStop(
+            f"{update['consecutive_pass_failures']} batches in a row came back without results (last: batch "
+            f"{batch.local_id}, {batch.remote_id}: the server lost the batch or deleted its result files): the "
+            "remote loses batches, so stopping before more is sent. Check the server (its logs, storage, batch "
+            "retention), then rerun: their requests are queued again (--max_pass_failures changes the rule)"
+        )
     if update["consecutive_pass_failures"] > engine.options.max_pass_failures:
         raise EngineStop(
             f"{update['consecutive_pass_failures']} batches in a row had fewer than {engine.options.min_pass_ratio:.0%} "
