@@ -36,6 +36,7 @@ T = TypeVar("T")
 OUTAGE_OPTION = "--max_outage_s"
 TRANSIENT_STATUS = frozenset({408, 409, 429})
 BATCH_API_PATHS = ("/batches", "/files")
+REQUEST_PATHS = ("/chat/completions", "/embeddings", "/responses")
 #: client methods that read or delete: safe to send again after a lost answer
 IDEMPOTENT_METHODS = frozenset({"retrieve", "list", "content", "retrieve_content", "delete"})
 
@@ -74,11 +75,19 @@ def classify(exc: BaseException) -> Kind | None:
     status = exc.status_code
     if status in (401, 403):
         return Kind.AUTH
-    if status == 404 and _request_path(exc).rstrip("/").endswith(BATCH_API_PATHS):
-        return Kind.NO_ENDPOINT
+    path = _request_path(exc).rstrip("/")
+    if status == 404 and (path.endswith(BATCH_API_PATHS) or (
+            path.endswith(REQUEST_PATHS) and _error_code(exc) not in ("model_not_found", "not_found_error"))):
+        return Kind.NO_ENDPOINT  # (OpenAI answers an unknown model with 404 model_not_found: that request fails)
     if status in TRANSIENT_STATUS or status >= 500:
         return Kind.TRANSIENT
     return Kind.REQUEST
+
+
+def _error_code(exc: BaseException) -> str | None:
+    body = getattr(exc, "body", None)
+    error = body.get("error", body) if isinstance(body, dict) else None
+    return str(error.get("code") or error.get("type") or "") or None if isinstance(error, dict) else None
 
 
 def _short(exc: BaseException) -> str:
@@ -102,6 +111,9 @@ def stop_message(kind: Kind, what: str, exc: BaseException, base_url: str | None
     if kind is Kind.AUTH:
         return (f"{what}: {where} refused the API key ({_short(exc)}): set a valid OPENAI_API_KEY (or "
                 "--openai_api_key), then run again (nothing was marked failed)")
+    if kind is Kind.NO_ENDPOINT and _request_path(exc).rstrip("/").endswith(REQUEST_PATHS):
+        return (f"{what}: {where} has no {_request_path(exc)} endpoint (404, {_short(exc)}): check "
+                "--client_base_url and --chat_endpoint")
     if kind is Kind.NO_ENDPOINT:
         if is_openai_url(base_url):
             return (f"{what}: the Batch API endpoint {_request_path(exc)} was not found ({_short(exc)}): check "
@@ -119,27 +131,29 @@ def outage_message(what: str, exc: BaseException, down_s: float, bound_s: float)
 
 @dataclass
 class OutageTracker:
-    """When the current outage began (the first failure since the last success); shared by all calls of a run."""
+    """When the current outage of each kind of call began (its first failure since its last success); shared by
+    all calls of a run. Kept per call ("files.create", "direct"...): a call that keeps failing is an outage for
+    the run even while other calls succeed."""
 
     clock: Callable[[], float] = time.monotonic
-    since: float | None = None
+    since: dict[str, float] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def failed(self) -> float:
-        """Note a transient failure; returns how long the remote has been down."""
+    def failed(self, key: str = "") -> float:
+        """Note a transient failure; returns how long this call has been failing."""
         with self._lock:
             now = self.clock()
-            if self.since is None:
-                self.since = now
-            return now - self.since
+            return now - self.since.setdefault(key, now)
 
-    def succeeded(self) -> None:
+    def succeeded(self, key: str = "") -> None:
         with self._lock:
-            self.since = None
+            self.since.pop(key, None)
 
-    def down_for(self) -> float:
+    def down_for(self, key: str | None = None) -> float:
+        """How long ``key`` (or, with None, the longest failing call) has been failing; 0 when it works."""
         with self._lock:
-            return 0.0 if self.since is None else self.clock() - self.since
+            starts = list(self.since.values()) if key is None else [self.since[key]] if key in self.since else []
+            return self.clock() - min(starts) if starts else 0.0
 
 
 @dataclass
@@ -179,11 +193,11 @@ def call_remote(fn: Callable[[], T], what: str, policy: OutagePolicy, retry: boo
             kind = classify(exc)
             if kind is None or kind is Kind.REQUEST:
                 if kind is Kind.REQUEST:
-                    tracker.succeeded()  # the server answered
+                    tracker.succeeded(what)  # the server answered
                 raise
             if kind is not Kind.TRANSIENT:
                 raise RemoteStop(stop_message(kind, what, exc, policy.base_url)) from exc
-            down = tracker.failed()
+            down = tracker.failed(what)
             if down >= policy.max_outage_s:
                 raise RemoteStop(outage_message(what, exc, down, policy.max_outage_s)) from exc
             if not retry:
@@ -194,7 +208,7 @@ def call_remote(fn: Callable[[], T], what: str, policy: OutagePolicy, retry: boo
             policy.sleep(wait)
             attempt += 1
             continue
-        tracker.succeeded()
+        tracker.succeeded(what)
         return result
 
 

@@ -30,7 +30,8 @@ from gbatch_flows.store import BlobRef
 log = logging.getLogger("gbatch_flows.direct")
 
 MAX_ATTEMPTS = 6
-CHUNK_PER_SLOT = 4  # requests per concurrency slot between two commits
+CHUNK_PER_SLOT = 4
+DIRECT_KEY = "direct requests"  # the outage tracker's key of direct calls  # requests per concurrency slot between two commits
 
 
 class DirectStats:
@@ -94,13 +95,13 @@ class DirectRunner:
                             kind, f"direct request {custom_id}", exc, self.policy.base_url))
                         break
                     if kind is not remote_errors.Kind.TRANSIENT:
-                        self.tracker.succeeded()  # the server answered: the request itself is refused
+                        self.tracker.succeeded(DIRECT_KEY)  # the server answered: the request itself is refused
                         self.stats.errors += 1
                         self._show("error", custom_id, body, exc)
                         last = _error_body(exc) if isinstance(exc, openai.APIStatusError) else {
                             "code": "invalid_request", "message": str(exc)}
                         return _line(custom_id, status, None, last, getattr(exc, "request_id", None))
-                    down = self.tracker.failed()
+                    down = self.tracker.failed(DIRECT_KEY)
                     if isinstance(exc, openai.APIStatusError):
                         last = _error_body(exc)
                         if status == 429:
@@ -113,7 +114,7 @@ class DirectRunner:
                         self.stop = remote_errors.RemoteStop(remote_errors.outage_message(
                             "direct requests", exc, down, self.policy.max_outage_s))
                         break
-                    outage = self.tracker.down_for() > 0  # no answer from the server since this failure began
+                    outage = self.tracker.down_for(DIRECT_KEY) > 0  # no answer from the server since this failure began
                     if attempt + 1 < MAX_ATTEMPTS or outage:
                         self._show("warn", custom_id, body, exc)
                         attempt += 1
@@ -123,7 +124,7 @@ class DirectRunner:
                     self.stats.errors += 1
                     self._show("error", custom_id, body, exc)
                     return _line(custom_id, status, None, last, getattr(exc, "request_id", None))
-            self.tracker.succeeded()
+            self.tracker.succeeded(DIRECT_KEY)
             self.pacer.update_from_headers(raw.headers)
             parsed = raw.parse()
             answer = parsed.model_dump(mode="json", exclude_unset=True) if hasattr(parsed, "model_dump") else parsed

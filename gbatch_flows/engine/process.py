@@ -335,6 +335,10 @@ def _commit_processed(engine: Engine, batch: BatchRecord, ref: BlobRef, out: Bat
     log.info("processed batch %d: ok %d, retried %d, failed %d, follow-ups %d, $%.4f", batch.local_id,
              out.outcomes.ok, out.outcomes.retried, out.outcomes.failed, out.outcomes.followups, cost)
     if update["consecutive_pass_failures"] > engine.options.max_pass_failures and lost:
+        if batch.session not in (None, engine.session_id):  # lost before the rerun that was asked for: judge anew
+            log.warning("batch %d (pushed by an earlier run) came back without results: its requests are queued "
+                        "again", batch.local_id)
+            return
         raise EngineStop(
             f"{update['consecutive_pass_failures']} batches in a row came back without results (last: batch "
             f"{batch.local_id}, {batch.remote_id}: the server lost the batch or deleted its result files): the "

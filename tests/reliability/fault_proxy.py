@@ -27,7 +27,8 @@ STAGES: dict[str, tuple[str, str]] = {
     "any": ("*", r".*"),
 }
 
-HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding", "host"}
+HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host", "expect"}
+DECODED = HOP_BY_HOP | {"content-encoding"}  # httpx hands the answer's body over decoded
 
 
 @dataclass
@@ -102,9 +103,10 @@ class FaultProxy:
                 data = answer.content
                 self.send_response(answer.status_code)
                 for key, value in answer.headers.items():
-                    if key.lower() not in HOP_BY_HOP:
+                    if key.lower() not in DECODED:
                         self.send_header(key, value)
-                self.send_header("Content-Length", str(len(data)))
+                length = answer.headers.get("content-length", "0") if self.command == "HEAD" else str(len(data))
+                self.send_header("Content-Length", length)
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(data)
