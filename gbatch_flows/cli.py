@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import ValidationError, create_model
 
 from gbatch_flows.cli_args import parse_options
-from gbatch_flows.failures import PREFECT_TIMEOUT_DEFAULT_S, PREFECT_TIMEOUT_ENV, RESUME, describe
+from gbatch_flows.failures import PREFECT_TIMEOUT_DEFAULT_S, PREFECT_TIMEOUT_ENV, describe
 from gbatch_flows.options import Options
 from gbatch_flows.task import Task
 
@@ -70,12 +70,12 @@ class _NoTraceback(logging.Filter):
 
 
 def quiet_prefect_tracebacks() -> None:
-    """On the console handlers of Prefect's loggers: no tracebacks (they stay at --log_level DEBUG)."""
+    """No tracebacks in what Prefect's run loggers log (a failed flow or task run): the CLI prints one line instead;
+    they stay at --log_level DEBUG. Set on the loggers themselves, so every handler (ours, Prefect's) is covered."""
     for name in ("prefect", "prefect.flow_runs", "prefect.task_runs"):
-        for handler in logging.getLogger(name).handlers:
-            if isinstance(handler, logging.StreamHandler) and not any(
-                    isinstance(f, _NoTraceback) for f in handler.filters):
-                handler.addFilter(_NoTraceback())
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoTraceback) for f in logger.filters):
+            logger.addFilter(_NoTraceback())
 
 
 def make_task(task_cls: type[Task], params: dict[str, Any], prog: str) -> Task | None:
@@ -119,7 +119,8 @@ def main(task_cls: type[Task], argv: list[str] | None = None) -> int:
             return EXIT_USAGE
         summary = _run(task, options)
     except KeyboardInterrupt:
-        print(f"interrupted: {RESUME}", file=sys.stderr)
+        print("interrupted: every completed step is committed; run the same command again to resume",
+              file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - every error ends as one line
         if debug:

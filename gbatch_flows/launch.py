@@ -17,7 +17,8 @@ from gbatch_flows.engine import operations
 from gbatch_flows.engine.context import Engine, EngineStop
 from gbatch_flows.engine.generate import ensure_task
 from gbatch_flows.options import Options
-from gbatch_flows.remote_errors import OutagePolicy, guard_client
+from gbatch_flows.remote_client import guard_client
+from gbatch_flows.remote_errors import OutagePolicy
 from gbatch_flows.store import Store, open_store
 from gbatch_flows.store.retrying import RetryingBackend
 from gbatch_flows.task import Task

@@ -6,9 +6,8 @@
 * a missing Batch API endpoint (404 on ``/batches`` or ``/files``) -> the run stops: "add --force_direct";
 * any other 4xx -> a request-level error: the caller fails that request (the exception is re-raised as it is).
 
-``call_remote(fn, what, policy)`` applies the rule to one call; ``guard_client`` applies it to every call made
-through an ``openai.OpenAI`` client (idempotent calls are retried in place, creations are never re-sent here: their
-caller decides, and an outage longer than the bound still stops the run).
+``call_remote(fn, what, policy)`` applies the rule to one call; ``remote_client.guard_client`` applies it to every
+call made through an ``openai.OpenAI`` client.
 """
 
 from __future__ import annotations
@@ -20,12 +19,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import TypeVar
 from urllib.parse import urlparse
 
 import httpx
 import openai
-from openai._resource import SyncAPIResource
 
 from gbatch_flows.engine.context import EngineStop
 
@@ -37,8 +35,6 @@ OUTAGE_OPTION = "--max_outage_s"
 TRANSIENT_STATUS = frozenset({408, 409, 429})
 BATCH_API_PATHS = ("/batches", "/files")
 REQUEST_PATHS = ("/chat/completions", "/embeddings", "/responses")
-#: client methods that read or delete: safe to send again after a lost answer
-IDEMPOTENT_METHODS = frozenset({"retrieve", "list", "content", "retrieve_content", "delete"})
 
 
 class Kind(StrEnum):
@@ -210,65 +206,3 @@ def call_remote(fn: Callable[[], T], what: str, policy: OutagePolicy, retry: boo
             continue
         tracker.succeeded(what)
         return result
-
-
-# ---------------------------------------------------------------- the guarded client
-
-
-def _is_resource(value: Any) -> bool:
-    """A client, one of its resources (``client.batches``) or their raw/streaming-response views."""
-    return isinstance(value, (openai.OpenAI, SyncAPIResource)) or type(value).__name__.endswith(
-        ("WithRawResponse", "WithStreamingResponse"))
-
-
-class _GuardedEnter:
-    """A streaming response context manager whose opening (the request) is guarded."""
-
-    def __init__(self, target: Any, what: str, policy: OutagePolicy):
-        self._target, self._what, self._policy = target, what, policy
-
-    def __enter__(self) -> Any:
-        return call_remote(self._target.__enter__, self._what, self._policy)
-
-    def __exit__(self, *exc: Any) -> Any:
-        return self._target.__exit__(*exc)
-
-
-class GuardedClient:
-    """Wraps an ``openai.OpenAI`` client (or one of its resources): every call goes through ``call_remote``."""
-
-    def __init__(self, target: Any, policy: OutagePolicy, path: str = "client"):
-        self._target = target
-        self._policy = policy
-        self._path = path
-
-    @property
-    def unguarded(self) -> Any:
-        return self._target
-
-    def __getattr__(self, name: str) -> Any:
-        value = getattr(self._target, name)
-        path = f"{self._path}.{name}"
-        if _is_resource(value):
-            return GuardedClient(value, self._policy, path)
-        if not callable(value) or isinstance(value, type):
-            return value
-        policy = self._policy
-
-        def guarded(*args: Any, **kwargs: Any) -> Any:
-            what = path.removeprefix("client.").replace("with_streaming_response.", "").replace(
-                "with_raw_response.", "")
-            if name == "with_options" or name == "copy":
-                return GuardedClient(value(*args, **kwargs), policy, self._path)
-            result = call_remote(lambda: value(*args, **kwargs), what, policy, retry=name in IDEMPOTENT_METHODS)
-            if hasattr(result, "__enter__") and "with_streaming_response" in path:
-                return _GuardedEnter(result, what, policy)
-            if _is_resource(result):
-                return GuardedClient(result, policy, path)
-            return result
-
-        return guarded
-
-
-def guard_client(client: openai.OpenAI, policy: OutagePolicy) -> Any:
-    return GuardedClient(client, policy)

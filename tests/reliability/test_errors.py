@@ -22,12 +22,9 @@ from gbatch_flows.emulator import EmulatorConfig, FaultConfig, FaultRule, run_em
 from gbatch_flows.engine import runner
 from gbatch_flows.engine.poll import PollReport
 from gbatch_flows.engine.state import TaskState
-from gbatch_flows.failures import PREFECT_TIMEOUT_ENV
-from gbatch_flows.remote_errors import Kind, OutagePolicy, classify
 from gbatch_flows.runs import run_plain
 from gbatch_flows.store import open_store
 from gbatch_flows.store.local import LocalBackend
-from gbatch_flows.store.retrying import RetryingBackend, StoreUnavailable
 
 from .fault_proxy import Fault, fault_proxy
 from .harness import DUMMY_KEY, PRICE_FLAGS, assert_complete_output, cli_args
@@ -36,6 +33,7 @@ from .test_faults import fault_options
 
 ROOT = Path(__file__).resolve().parents[2]
 N = 30
+PREFECT_TIMEOUT_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
 
 
 def one_line_error(err: str) -> str:
@@ -123,6 +121,8 @@ def test_server_without_batch_api_says_force_direct(tmp_path: Path) -> None:
 
 
 def test_classification() -> None:
+    from gbatch_flows.remote_errors import Kind, classify
+
     request = httpx.Request("POST", "http://10.0.0.2:8000/v1/batches")
 
     def status(code: int, path: str = "/v1/batches") -> openai.APIStatusError:
@@ -168,7 +168,9 @@ class _FlakyBackend(LocalBackend):
         return super().list_names(folder)
 
 
-def _policy(clock: list[float], bound: float) -> OutagePolicy:
+def _policy(clock: list[float], bound: float) -> Any:
+    from gbatch_flows.remote_errors import OutagePolicy
+
     def sleep(seconds: float) -> None:
         clock[0] += seconds + 1.0  # each attempt (s3fs's own retries) takes a while too
 
@@ -176,6 +178,8 @@ def _policy(clock: list[float], bound: float) -> OutagePolicy:
 
 
 def test_storage_outage_shorter_than_the_bound_is_waited_out(tmp_path: Path) -> None:
+    from gbatch_flows.store.retrying import RetryingBackend
+
     clock = [0.0]
     backend = RetryingBackend(_FlakyBackend(tmp_path, clock, down_until=20.0), _policy(clock, 180.0))
     assert backend.list_names("manifests") == []
@@ -183,6 +187,8 @@ def test_storage_outage_shorter_than_the_bound_is_waited_out(tmp_path: Path) -> 
 
 
 def test_storage_outage_longer_than_the_bound_stops_with_one_line(tmp_path: Path) -> None:
+    from gbatch_flows.store.retrying import RetryingBackend, StoreUnavailable
+
     clock = [0.0]
     backend = RetryingBackend(_FlakyBackend(tmp_path, clock, down_until=1e9), _policy(clock, 30.0))
     with pytest.raises(StoreUnavailable, match="--max_outage_s 30"):
@@ -390,3 +396,23 @@ def test_upload_of_a_batch_refused_for_token_limit_is_removed(tmp_path: Path) ->
         assert any(b.past_remote_ids for b in state.batches.values()), \
             "no batch was refused: the token limit of the test is too high"
         assert _remote_files(emu.base_url) == []
+
+
+def test_prefect_run_loggers_print_no_traceback() -> None:
+    """Under Prefect, a failed run's exception is logged with its traceback before the CLI prints its line."""
+    import io
+    import logging
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logger = logging.getLogger("prefect.flow_runs")
+    logger.addHandler(handler)
+    try:
+        cli.quiet_prefect_tracebacks()
+        try:
+            raise RuntimeError("boom")
+        except RuntimeError:
+            logger.exception("Encountered exception during execution: %r", "boom")
+    finally:
+        logger.removeHandler(handler)
+    assert "Encountered exception" in stream.getvalue() and "Traceback" not in stream.getvalue()
