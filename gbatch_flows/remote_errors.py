@@ -45,7 +45,13 @@ class Kind(StrEnum):
 
 
 class RemoteStop(EngineStop):
-    """The run must stop because of the remote (key refused, no Batch API, outage too long); one line."""
+    """The run must stop because of the remote (key refused, no Batch API, outage too long); one line.
+
+    ``kind``: AUTH, NO_ENDPOINT or TRANSIENT (an outage longer than --max_outage_s)."""
+
+    def __init__(self, message: str, kind: Kind = Kind.TRANSIENT):
+        super().__init__(message)
+        self.kind = kind
 
 
 def _status(exc: BaseException) -> int | None:
@@ -192,7 +198,7 @@ def call_remote(fn: Callable[[], T], what: str, policy: OutagePolicy, retry: boo
                     tracker.succeeded(what)  # the server answered
                 raise
             if kind is not Kind.TRANSIENT:
-                raise RemoteStop(stop_message(kind, what, exc, policy.base_url)) from exc
+                raise RemoteStop(stop_message(kind, what, exc, policy.base_url), kind) from exc
             down = tracker.failed(what)
             if down >= policy.max_outage_s:
                 raise RemoteStop(outage_message(what, exc, down, policy.max_outage_s)) from exc

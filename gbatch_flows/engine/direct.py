@@ -92,7 +92,7 @@ class DirectRunner:
                     status = getattr(exc, "status_code", None)
                     if kind is remote_errors.Kind.AUTH or kind is remote_errors.Kind.NO_ENDPOINT:
                         self.stop = remote_errors.RemoteStop(remote_errors.stop_message(
-                            kind, f"direct request {custom_id}", exc, self.policy.base_url))
+                            kind, f"direct request {custom_id}", exc, self.policy.base_url), kind)
                         break
                     if kind is not remote_errors.Kind.TRANSIENT:
                         self.tracker.succeeded(DIRECT_KEY)  # the server answered: the request itself is refused

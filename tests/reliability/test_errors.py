@@ -416,3 +416,37 @@ def test_prefect_run_loggers_print_no_traceback() -> None:
     finally:
         logger.removeHandler(handler)
     assert "Encountered exception" in stream.getvalue() and "Traceback" not in stream.getvalue()
+
+
+def test_call_remote_rule() -> None:
+    """The wrapper stages use: transient errors retried within the bound (fake clock), creations not re-sent, a
+    refused key stops at once with its kind."""
+    from gbatch_flows.remote_errors import Kind, OutagePolicy, RemoteStop, call_remote
+
+    clock = [0.0]
+
+    def sleep(seconds: float) -> None:
+        clock[0] += seconds
+
+    policy = OutagePolicy(max_outage_s=30.0, clock=lambda: clock[0], sleep=sleep)
+    request = httpx.Request("GET", "http://10.0.0.2/v1/batches/b1")
+    calls = {"n": 0}
+
+    def flaky() -> str:
+        calls["n"] += 1
+        if clock[0] < 10.0:
+            raise openai.APIConnectionError(request=request)
+        return "ok"
+
+    assert call_remote(flaky, "batches.retrieve", policy) == "ok" and calls["n"] > 2
+    with pytest.raises(openai.APIConnectionError):  # a creation: the caller decides
+        call_remote(lambda: (_ for _ in ()).throw(openai.APIConnectionError(request=request)), "batches.create",
+                    policy, retry=False)
+    clock[0] += 31.0
+    with pytest.raises(RemoteStop, match="--max_outage_s 30"):
+        call_remote(lambda: (_ for _ in ()).throw(openai.APIConnectionError(request=request)), "batches.create",
+                    policy, retry=False)
+    denied = openai.APIStatusError("denied", response=httpx.Response(401, request=request), body=None)
+    with pytest.raises(RemoteStop) as stop:
+        call_remote(lambda: (_ for _ in ()).throw(denied), "batches.retrieve", policy)
+    assert stop.value.kind is Kind.AUTH and "OPENAI_API_KEY" in str(stop.value)
