@@ -6,8 +6,15 @@
 
 from __future__ import annotations
 
-import json
+import os
+import signal
 import sys
+
+if __name__ == "__main__":  # Ctrl+C while the imports load (1-2 s): one line, no traceback (main() restores it)
+    signal.signal(signal.SIGINT, lambda *_: (print("interrupted while starting: nothing was changed",
+                                                   file=sys.stderr, flush=True), os._exit(130)))
+
+import json
 import unicodedata
 from enum import StrEnum
 from pathlib import Path

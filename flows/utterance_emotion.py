@@ -9,14 +9,21 @@ less than ``confidence`` of the votes, follow-up requests ask for more, up to ``
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
+
+if __name__ == "__main__":  # Ctrl+C while the imports load (1-2 s): one line, no traceback (main() restores it)
+    signal.signal(signal.SIGINT, lambda *_: (print("interrupted while starting: nothing was changed",
+                                                   file=sys.stderr, flush=True), os._exit(130)))
+
 import hashlib
 import json
-import sys
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
@@ -59,6 +66,16 @@ class UtteranceEmotion(BaseModel):
 
 class UtteranceParams(BaseModel):
     utterances_file: str = Field(str(UTTERANCES_FILE), description="JSONL file of {\"id\", \"utterance\"} lines")
+
+    @field_validator("utterances_file")
+    @classmethod
+    def _readable(cls, value: str) -> str:
+        path = Path(value).expanduser()
+        if not path.is_file():
+            problem = "is a folder" if path.is_dir() else "does not exist"
+            raise ValueError(f"{value} {problem}: pass --utterances_file with a JSONL file of "
+                             '{"id": ..., "utterance": ...} lines')
+        return value
 
 
 def load_utterances(path: str) -> list[dict[str, str]]:

@@ -7,18 +7,18 @@ as further flags. The run goes through the Prefect flow unless ``--no_prefect`` 
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import sys
+import traceback
 from typing import Any
 
-from pydantic import create_model
+from pydantic import ValidationError, create_model
 
 from gbatch_flows.cli_args import parse_options
-from gbatch_flows.costs import UnknownPriceError
-from gbatch_flows.engine.context import EngineStop
+from gbatch_flows.failures import PREFECT_TIMEOUT_DEFAULT_S, PREFECT_TIMEOUT_ENV, describe
 from gbatch_flows.options import Options
-from gbatch_flows.store import StoreError
 from gbatch_flows.task import Task
-from gbatch_flows.tokens import EstimateError
 
 log = logging.getLogger("gbatch_flows")
 
@@ -66,36 +66,74 @@ def lazy_flow(module_globals: dict[str, Any], task_cls: type[Task], attr: str):
     return __getattr__
 
 
-def main(task_cls: type[Task], argv: list[str] | None = None) -> int:
-    """Parse options, run the task, return the process exit code."""
-    combined = parse_options(argv, model=options_model(task_cls), prog=f"{task_cls.name}",
-                             description=(task_cls.__doc__ or "").strip() or None)
-    options, params = split_options(task_cls, combined)
-    setup_logging(options.log_level)
-    task = task_cls(params)
+class _NoTraceback(logging.Filter):
+    """Drops the traceback Prefect prints with a failed flow or task run (the CLI prints one line instead)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info = None
+        record.exc_text = None
+        return True
+
+
+def quiet_prefect_tracebacks() -> None:
+    """No tracebacks in what Prefect's run loggers log (a failed flow or task run): the CLI prints one line instead;
+    they stay at --log_level DEBUG. Set on the loggers themselves, so every handler (ours, Prefect's) is covered."""
+    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoTraceback) for f in logger.filters):
+            logger.addFilter(_NoTraceback())
+
+
+def make_task(task_cls: type[Task], params: dict[str, Any], prog: str) -> Task | None:
+    """The task, or None after an argparse-style error line when a task parameter fails its own checks."""
     try:
-        # a dry run changes nothing and --no_run runs no stage: no flow run to record either
-        if options.no_prefect or options.dryrun or options.no_run:
-            from gbatch_flows.runs import run_plain
+        return task_cls(params)
+    except ValidationError as exc:
+        from gbatch_flows.cli_args import format_validation_error
 
-            summary = run_plain(task, options)
-        else:
-            from gbatch_flows.flow import run_flow
+        print(f"usage: {prog} [-h] [options]\n{prog}: error: {format_validation_error(exc, {}, task_cls.Params)}",
+              file=sys.stderr)
+        return None
 
-            summary = run_flow(task, options)
+
+def _run(task: Task, options: Options) -> Any:
+    # a dry run changes nothing and --no_run runs no stage: no flow run to record either
+    if options.no_prefect or options.dryrun or options.no_run:
+        from gbatch_flows.runs import run_plain
+
+        return run_plain(task, options)
+    os.environ.setdefault(PREFECT_TIMEOUT_ENV, PREFECT_TIMEOUT_DEFAULT_S)  # read when Prefect is imported
+    from gbatch_flows.flow import run_flow
+
+    if options.log_level.upper() != "DEBUG":
+        quiet_prefect_tracebacks()
+    return run_flow(task, options)
+
+
+def main(task_cls: type[Task], argv: list[str] | None = None) -> int:
+    """Parse options, run the task, return the process exit code. Every error is one line (exit code != 0); the
+    traceback only with --log_level DEBUG."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # the flows/*.py entry quieted it during imports
+    debug = False
+    try:
+        combined = parse_options(argv, model=options_model(task_cls), prog=f"{task_cls.name}",
+                                 description=(task_cls.__doc__ or "").strip() or None)
+        options, params = split_options(task_cls, combined)
+        debug = options.log_level.upper() == "DEBUG"
+        setup_logging(options.log_level)
+        task = make_task(task_cls, params, task_cls.name)
+        if task is None:
+            return EXIT_USAGE
+        summary = _run(task, options)
     except KeyboardInterrupt:
         print("interrupted: every completed step is committed; run the same command again to resume",
               file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (EngineStop, StoreError, UnknownPriceError, EstimateError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except Exception as exc:  # setup problems carry their own message
-        from gbatch_flows.launch import SetupError
-
-        if isinstance(exc, SetupError):
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-        raise
+    except Exception as exc:  # noqa: BLE001 - every error ends as one line
+        if debug:
+            traceback.print_exc()
+        code, line = describe(exc)
+        print(f"error: {line}", file=sys.stderr)
+        return code
     print(f"{task.name}: {summary.status}: {summary.reason}", flush=True)
     return EXIT_ERROR if summary.status == "error" else EXIT_OK

@@ -132,16 +132,28 @@ def _derived(model: str, given: dict[str, float]) -> Prices:
     )
 
 
-def prices_for(model: str, overrides: PriceOverrides | None = None, local_server: bool = False) -> Prices:
+def prices_for(model: str, overrides: PriceOverrides | None = None, local_server: bool = False,
+               flags_only: bool = False) -> Prices:
     """The prices used for ``model``.
 
     - ``local_server``: zero cost, except for the flags given.
+    - ``flags_only`` (a public server that is not OpenAI's: a paid gateway, Azure): no table applies; the prices come
+      from the flags, else :class:`UnknownPriceError` listing them.
     - A model in the built-in table (see :func:`table_prices`): the table, each given flag replacing its one price.
     - Any other model: derived from the flags (see ``_derived``); with no flags, :class:`UnknownPriceError`.
     """
     given = (overrides or PriceOverrides()).given()
     if local_server:
         return replace(ZERO_PRICES, **given)
+    if flags_only:
+        if not given:
+            raise UnknownPriceError(
+                f"the server is neither OpenAI's nor on a local/private network, so no price table applies and "
+                f"every cost limit would be off: pass the prices of {model!r} in USD per 1M tokens with "
+                f"{_FLAG['input_direct']} and {_FLAG['output_direct']} (optionally {_FLAG['input_cached']}, "
+                f"{_FLAG['input_batch']}, {_FLAG['output_batch']}); 0 is allowed for a free server"
+            )
+        return _derived(model, given)
     table = table_prices(model)
     if table is not None:
         return replace(table, **given)

@@ -4,6 +4,7 @@ and the maintenance operations the options ask for. Shared by the plain CLI run 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import os
 import uuid
@@ -11,15 +12,19 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlparse
 
-from gbatch_flows import api
+from gbatch_flows import api, folder_checks
 from gbatch_flows.engine import operations, quota_gate
 from gbatch_flows.engine.context import Engine, EngineStop
 from gbatch_flows.engine.fencing import Timing
 from gbatch_flows.engine.generate import effective_meta, ensure_task
 from gbatch_flows.options import Options
 from gbatch_flows.quota import QuotaLedger
+from gbatch_flows.remote_client import guard_client
+from gbatch_flows.remote_errors import OutagePolicy
 from gbatch_flows.store import Store, open_store
+from gbatch_flows.store.retrying import RetryingBackend
 from gbatch_flows.task import Task
+from gbatch_flows.task_dir import check_task_dir
 
 log = logging.getLogger("gbatch_flows")
 
@@ -47,9 +52,37 @@ def wants_emulator(options: Options) -> bool:
     return not resolved_key(options) and not options.client_base_url and not options.azure_endpoint
 
 
+LOCAL_SUFFIXES = (".localhost", ".local", ".internal", ".lan", ".home.arpa")
+
+
+def is_private_host(host: str) -> bool:
+    """Loopback, private-network and link-local addresses, ``localhost`` and single-label or ``.local`` names."""
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(LOCAL_SUFFIXES) or (host and "." not in host and ":" not in host):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_private or address.is_loopback or address.is_link_local
+
+
 def is_local_server(base_url: str | None) -> bool:
-    """A user-given base URL that is not OpenAI's: Ollama, vLLM... (zero prices unless --cost_* flags say otherwise)."""
-    return bool(base_url) and urlparse(base_url).hostname != OPENAI_HOST
+    """A user-given base URL on this machine or a private network (Ollama, vLLM...): zero prices unless --cost_*
+    flags say otherwise. A public host other than OpenAI's (a paid gateway, Azure) is not local: see
+    ``needs_price_flags``."""
+    if not base_url:
+        return False
+    host = urlparse(base_url).hostname or ""
+    return host != OPENAI_HOST and is_private_host(host)
+
+
+def needs_price_flags(base_url: str | None) -> bool:
+    """A public server that is not OpenAI's: no price table is known for it, its prices must come from flags."""
+    if not base_url:
+        return False
+    host = urlparse(base_url).hostname or ""
+    return host != OPENAI_HOST and not is_private_host(host)
 
 
 @contextlib.contextmanager
@@ -69,7 +102,7 @@ def api_endpoint(options: Options, task: Task) -> Iterator[tuple[str | None, str
         yield None, azure_key(options), False  # Azure: OpenAI's prices (see docs/endpoints.md), never zero
         return
     key = resolved_key(options)
-    if not key and not is_local_server(options.client_base_url):
+    if not key and not (is_local_server(options.client_base_url) or needs_price_flags(options.client_base_url)):
         raise SetupError(
             "no OpenAI API key: set OPENAI_API_KEY (or pass --openai_api_key), or point --client_base_url at a "
             "local server (Ollama, vLLM), or use --emulator always to try it on the bundled emulator"
@@ -113,12 +146,26 @@ def azure_factories(options: Options, api_key: str | None) -> dict[str, Any]:
     }
 
 
-def open_task_store(options: Options, task: Task) -> Store:
+def outage_policy(options: Options, base_url: str | None) -> OutagePolicy:
+    return OutagePolicy(max_outage_s=options.max_outage_s, base_url=base_url)
+
+
+def open_task_store(options: Options, task: Task, policy: OutagePolicy | None = None) -> Store:
+    """The task's store; on S3, storage errors that look like an outage are retried within --max_outage_s."""
+    problem = check_task_dir(options.task_dir)
+    if problem:
+        raise SetupError(problem)
     url = task_url(options, task)
     try:
-        return open_store(url, storage_options=options.storage_options or None)
+        store = open_store(url, storage_options=options.storage_options or None)
     except PermissionError as exc:
         raise SetupError(f"cannot use the task folder {url}: {exc}. Pick a --task_dir you can write to") from exc
+    except (NotADirectoryError, FileExistsError) as exc:
+        raise SetupError(f"cannot use the task folder {url}: a part of that path is a file, not a folder. Pick "
+                         "another --task_dir") from exc
+    if url.startswith("s3://"):
+        store = Store(RetryingBackend(store.backend, policy or outage_policy(options, None)))
+    return store
 
 
 def open_quota(options: Options) -> QuotaLedger | None:
@@ -137,7 +184,8 @@ def open_engine(task: Task, options: Options, session_id: str | None = None, lea
                 base_url: str | None = None, api_key: str | None = None, local_server: bool = False
                 ) -> Iterator[Engine]:
     """An Engine holding the task's lease (released on exit, also on Ctrl+C)."""
-    store = open_task_store(options, task)
+    policy = outage_policy(options, base_url)
+    store = open_task_store(options, task, policy)
     try:
         timing = Timing.from_env()
     except ValueError as exc:
@@ -147,28 +195,36 @@ def open_engine(task: Task, options: Options, session_id: str | None = None, lea
     except PermissionError as exc:
         raise SetupError(f"cannot write to the task folder {store.url} ({exc.strerror or exc}): fix its "
                          "permissions or pick a --task_dir you can write to") from exc
+    except IsADirectoryError as exc:
+        raise SetupError(f"cannot take the lease of {store.url}: {exc.filename or 'lease.json'} is a folder, not "
+                         "a file. Move it away (no run holds a lease stored as a folder), then run again") from exc
+    factories = azure_factories(options, api_key) or {
+        "client_factory": lambda: api.make_client(api_key, base_url, options.openai_organization, options.openai_project),
+        "async_client_factory": lambda: api.make_async_client(api_key, base_url, options.openai_organization,
+                                                              options.openai_project),
+    }
     try:
         engine = Engine(
             store=store,
             options=options,
             task=task,
             session_id=session_id or uuid.uuid4().hex[:12],
-            **(azure_factories(options, api_key) or {
-                "client_factory": lambda: api.make_client(api_key, base_url, options.openai_organization,
-                                                          options.openai_project),
-                "async_client_factory": lambda: api.make_async_client(api_key, base_url,
-                                                                      options.openai_organization,
-                                                                      options.openai_project),
-            }),
+            client_factory=lambda: guard_client(factories["client_factory"](), policy),
+            async_client_factory=factories["async_client_factory"],
             local_server=local_server,
             lease=held,
             quota=open_quota(options),
             timing=timing,
+            flags_only_prices=needs_price_flags(base_url),
+            outage=policy,
         )
         yield engine
     finally:
         if held is not None:
-            held.release()
+            try:
+                held.release()
+            except Exception as exc:  # noqa: BLE001 - the error that ended the run matters more; the lease expires
+                log.warning("could not release the lease of %s (it expires by itself): %s", store.url, exc)
 
 
 def prepare(engine: Engine, task: Task) -> dict[str, Any]:
@@ -176,10 +232,15 @@ def prepare(engine: Engine, task: Task) -> dict[str, Any]:
     options = engine.options
     done: dict[str, Any] = {}
     if options.wipe_task:
+        cleared = folder_checks.clear_orphan_files(engine.store, engine.state)
         operations.wipe_task(engine, task.output_name)
         done["wipe_task"] = True
+        if cleared:
+            log.info("wipe_task: removed %d data files left without a manifest", cleared)
         if options.no_run:
             return done
+    folder_checks.check_orphan_files(engine.store, engine.state)
+    folder_checks.check_output_parts(engine.store, engine.state)
     meta, given = task.build_meta(options), task.given_meta(options)
     model = effective_meta(engine.state.task, meta, given, options.reinit_meta)["model"]
     engine.prices(model)  # an unknown model without --cost_* flags stops here, before anything is stored

@@ -182,6 +182,7 @@ class TaskInfo(_Model):
     next_segment: int = 0
     next_part: int = 1  # follow-up requests get fresh part numbers, so custom_ids never repeat
     consecutive_pass_failures: int = 0
+    consecutive_lost_batches: int = 0  # batches in a row the server lost (or returned without results)
     failed_batches_processed: int = 0
     finished: bool = False
     skip_sent_keys: bool = False  # set by wipe_requests: regeneration skips samples already sent or done

@@ -253,6 +253,11 @@ class Options(BaseModel):
     cost_output_direct_mtoken: float | None = _opt(None, "Price of output tokens, direct API.", G_COST, ge=0)
     cost_output_batch_mtoken: float | None = _opt(None, "Price of output tokens, Batch API.", G_COST, ge=0)
 
+    # --- Outages (issue 15: remote and storage errors)
+    max_outage_s: float = _opt(180.0, "How long, in seconds, to keep retrying while the API or the task "
+                               "folder's storage is unreachable or answers 429/5xx, before the run stops with "
+                               "one line (its state stays as committed; run again to resume).", G_RETRY, gt=0)
+
     # --- Logging
     log_level: str = _opt("INFO", "Log level: DEBUG, INFO, WARNING, ERROR or CRITICAL.", G_LOG)
 

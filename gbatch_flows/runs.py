@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
 from gbatch_flows import reporting, status
+from gbatch_flows.engine.cleanup import clean_remote
 from gbatch_flows.engine.context import Engine
 from gbatch_flows.engine.output import write_output
 from gbatch_flows.engine.reconcile import reconcile_at_end
@@ -91,9 +93,11 @@ def run_plain(task: Task, options: Options, session_id: str | None = None,
                     monitor.log_batch_states(reporting.batch_states(state))
 
             engine.on_commit.append(report)
+            started = time.time()
             try:
                 summary = run_engine(engine)
                 reconcile_at_end(engine)  # the remote is the truth for spend: count what the manifest missed
+                clean_remote(engine, started)
                 report(engine.state, force=True)
                 url, n = finish_output(engine, task)
                 log.info("output: %d records in %s", n, url)

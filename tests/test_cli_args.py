@@ -97,7 +97,7 @@ def test_every_flag_round_trips_a_non_default_value() -> None:
         "max_completion_tokens": 256, "completion_ratio": 0.4, "temperature": 0.7, "top_p": 0.9,
         "opinions_min": 2, "opinions_max": 5, "confidence": 0.75, "cost_input_direct_mtoken": 0.15,
         "cost_input_cached_mtoken": 0.075, "cost_input_batch_mtoken": 0.075, "cost_output_direct_mtoken": 0.6,
-        "cost_output_batch_mtoken": 0.3, "log_level": "DEBUG",
+        "cost_output_batch_mtoken": 0.3, "max_outage_s": 42.0, "log_level": "DEBUG",
         "azure_endpoint": "https://example-resource.openai.azure.com", "azure_api_version": "2025-03-01-preview",
         "azure_api_key": "azure-test-dummy-key", "azure_price_model": "gpt-4o",
     }

@@ -32,7 +32,7 @@ EXPECTED_DEFAULTS = {
     "max_completion_tokens": None, "completion_ratio": None, "temperature": None, "top_p": None,
     "opinions_min": None, "opinions_max": None, "confidence": None, "cost_input_direct_mtoken": None,
     "cost_input_cached_mtoken": None, "cost_input_batch_mtoken": None, "cost_output_direct_mtoken": None,
-    "cost_output_batch_mtoken": None, "log_level": "INFO",
+    "cost_output_batch_mtoken": None, "max_outage_s": 180.0, "log_level": "INFO",
     # Azure OpenAI (issue 18)
     "azure_endpoint": None, "azure_api_version": None, "azure_api_key": None, "azure_price_model": None,
 }

@@ -38,6 +38,8 @@ class Engine:
     local_server: bool = False
     lease: Lease | None = None
     quota: QuotaLedger | None = None  # the shared quota ledger (--quota_dir), if any
+    flags_only_prices: bool = False  # a public non-OpenAI server: no price table is known, prices come from flags
+    outage: Any = None  # remote_errors.OutagePolicy of the run (None: the default policy)
     on_commit: list[Callable[[TaskState], None]] = field(default_factory=list)
     timing: Timing = field(default_factory=Timing.from_env)
     _state: TaskState | None = None
@@ -96,7 +98,7 @@ class Engine:
             return costs.ZERO_PRICES if costs.is_free(endpoint) else self.prices(model)
         if self.azure and getattr(self.options, "azure_price_model", None):
             model = self.options.azure_price_model  # a deployment priced as the OpenAI model it serves
-        key = (model, "local" if self.local_server else "api")
+        key = (model, "local" if self.local_server else "flags" if self.flags_only_prices else "api")
         if key not in self._prices:
             overrides = costs.PriceOverrides(
                 cost_input_direct_mtoken=self.options.cost_input_direct_mtoken,
@@ -106,7 +108,8 @@ class Engine:
                 cost_output_batch_mtoken=self.options.cost_output_batch_mtoken,
             )
             try:
-                self._prices[key] = costs.prices_for(model, overrides, local_server=self.local_server)
+                self._prices[key] = costs.prices_for(model, overrides, local_server=self.local_server,
+                                                     flags_only=self.flags_only_prices)
             except costs.UnknownPriceError as exc:
                 if not self.azure:
                     raise

@@ -15,9 +15,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
+import openai
 import orjson
 
-from gbatch_flows import api, costs
+from gbatch_flows import costs, remote_errors
 from gbatch_flows.engine import limits
 from gbatch_flows.engine.assemble import assemble
 from gbatch_flows.engine.context import Engine
@@ -33,6 +35,7 @@ log = logging.getLogger("gbatch_flows.direct")
 MAX_ATTEMPTS = 6
 CHUNK_PER_SLOT = 4  # requests per concurrency slot between two commits
 UNKNOWN_CODE = "outcome_unknown"  # a call that failed after it was sent (lost answer, timeout, 5xx)
+DIRECT_KEY = "direct requests"  # the outage tracker's key of direct calls
 MAX_REFILLS = 10  # assemble rounds inside one run_direct call, so that sending does not stop for a stage round
 
 
@@ -64,18 +67,30 @@ class DirectRunner:
         self.pacer = pacer
         self.stats = stats
         self.verbose = _VERBOSITY[engine.options.direct_verbose]
+        self.policy = engine.outage or remote_errors.OutagePolicy(engine.options.max_outage_s)
+        self.tracker = self.policy.tracker
+        self.stop: remote_errors.RemoteStop | None = None  # a refused key, no such endpoint, an outage too long
 
     def _show(self, level: str, custom_id: str, body: bytes, answer: Any) -> None:
         if self.verbose >= _VERBOSITY[level]:
             log.warning("direct %s %s\n  request: %s\n  response: %s", level, custom_id,
                         body.decode(errors="replace")[:2000], str(answer)[:2000])
 
-    async def one(self, caller: Caller, path: str, custom_id: str, body: bytes, tokens: int) -> Call:
-        """Send one request (retrying what is worth retrying, paced) and return its result line."""
+    async def one(self, caller: Caller, path: str, custom_id: str, body: bytes, tokens: int) -> Call | None:
+        """Send one request (retrying what is worth retrying, paced) and return its result line; None when the run
+        must stop (``self.stop``) before this request got an answer (nothing of it was billed).
+
+        Errors follow ``remote_errors``: a refused key or a missing endpoint stops the run (nothing marked failed);
+        transient errors are retried while the remote has been down for less than --max_outage_s (longer stops the
+        run); a request that keeps failing while others get answers gives up after MAX_ATTEMPTS (requeued by the
+        process stage); any other 4xx fails that request.
+        """
         last: dict[str, Any] = {}
-        unknown = 0
-        for attempt in range(MAX_ATTEMPTS):
+        attempt = 0
+        while self.stop is None:
             await self.pacer.acquire(tokens)
+            if self.stop is not None:
+                break
             self.engine.fence.before_call()
             self.stats.requests += 1
             answer = await _call(caller, path, body)
@@ -85,10 +100,12 @@ class DirectRunner:
                 self.stats.unknown += 1
                 self.stats.errors += 1
                 self._show("warn", custom_id, body, answer.error or answer.body)
+                self._note_failure(answer, path)
                 error = {"code": UNKNOWN_CODE, "status": status,
                          "message": f"outcome unknown, charged at its worst case: {answer.error or f'HTTP {status}'}"}
-                return Call(_line(custom_id, None, None, error, answer.request_id), unknown + 1)
+                return Call(_line(custom_id, None, None, error, answer.request_id), 1)
             if status is not None and 200 <= status < 300:
+                self.tracker.succeeded(DIRECT_KEY)
                 try:
                     parsed = orjson.loads(answer.body)
                 except orjson.JSONDecodeError:
@@ -97,27 +114,63 @@ class DirectRunner:
                     self._show("always", custom_id, body, answer.body)
                 if not isinstance(parsed, dict):
                     error = {"code": "malformed_result", "message": "the answer's body is not a JSON object"}
-                    return Call(_line(custom_id, status, None, error, answer.request_id), unknown)
-                return Call(_line(custom_id, status, parsed, None, answer.request_id), unknown)
-            if status is None:
-                last = {"code": "server_error", "message": answer.error or "no answer"}
-                retry = True
-            else:
-                last = _error_body(status, answer.body)
-                if status == 429:
-                    self.stats.rate_limited += 1
-                    wait = _retry_after(answer.headers) or 2.0 ** attempt
-                    self.pacer.back_off(wait)
-                retry = api.classify_status(status, last["code"]) is api.Outcome.RETRYABLE
-            if retry and attempt + 1 < MAX_ATTEMPTS:
+                    return Call(_line(custom_id, status, None, error, answer.request_id))
+                return Call(_line(custom_id, status, parsed, None, answer.request_id))
+            error_exc = _as_exception(answer, caller, path)
+            kind = remote_errors.classify(error_exc)
+            if kind in (remote_errors.Kind.AUTH, remote_errors.Kind.NO_ENDPOINT):
+                self.stop = remote_errors.RemoteStop(remote_errors.stop_message(
+                    kind, f"direct request {custom_id}", error_exc, self.policy.base_url), kind)
+                break
+            if kind is remote_errors.Kind.REQUEST:  # the server answered: this request itself is refused
+                self.tracker.succeeded(DIRECT_KEY)
+                self.stats.errors += 1
+                self._show("error", custom_id, body, answer.body)
+                return Call(_line(custom_id, status, None, _error_body(status or 400, answer.body),
+                                  answer.request_id))
+            last = {"code": "server_error", "message": answer.error or "no answer"} if status is None else \
+                _error_body(status, answer.body)
+            if status == 429:
+                self.stats.rate_limited += 1
+                self.pacer.back_off(_retry_after(answer.headers) or 2.0 ** attempt)
+            if self._note_failure(answer, path):
+                break
+            outage = self.tracker.down_for(DIRECT_KEY) > 0  # no answer from the server since this failure began
+            if attempt + 1 < MAX_ATTEMPTS or outage:
                 self._show("warn", custom_id, body, answer.error or answer.body)
-                await asyncio.sleep(min(30.0, 0.2 * 2 ** attempt) * random.uniform(0.5, 1.0))
+                attempt += 1
+                left = self.policy.max_outage_s - self.tracker.down_for(DIRECT_KEY)
+                await asyncio.sleep(max(0.0, min(30.0, left, 0.2 * 2 ** min(attempt, 8))) * random.uniform(0.5, 1.0))
                 continue
             self.stats.errors += 1
             self._show("error", custom_id, body, answer.error or answer.body)
-            return Call(_line(custom_id, status, None, last, answer.request_id), unknown)
-        return Call(_line(custom_id, None, None, last or {"code": "server_error", "message": "no attempt"}, None),
-                    unknown)
+            return Call(_line(custom_id, status, None, last, answer.request_id))
+        return None
+
+    def _note_failure(self, answer: Answer, path: str) -> bool:
+        """A transient failure of the remote; True (and ``self.stop`` set) when the outage outlasts the bound."""
+        down = self.tracker.failed(DIRECT_KEY)
+        if down >= self.policy.max_outage_s and self.stop is None:
+            self.stop = remote_errors.RemoteStop(remote_errors.outage_message(
+                "direct requests", _as_exception(answer, None, path), down, self.policy.max_outage_s))
+        return self.stop is not None
+
+
+def _as_exception(answer: Answer, caller: Caller | None, path: str) -> Exception:
+    """An answer that is not a success as the openai client's exception (what ``remote_errors`` classifies)."""
+    base = getattr(caller, "base_url", "http://remote/v1/")
+    request = httpx.Request("POST", f"{str(base).rstrip('/')}/{path}")
+    if answer.status is None:
+        return openai.APIConnectionError(message=answer.error or "no answer", request=request)
+    try:
+        body = orjson.loads(answer.body) if answer.body else None
+    except orjson.JSONDecodeError:
+        body = None
+    response = httpx.Response(answer.status, headers=dict(answer.headers or {}), content=answer.body,
+                              request=request)
+    error = body.get("error") if isinstance(body, dict) else None
+    message = (error.get("message") if isinstance(error, dict) else None) or f"HTTP {answer.status}"
+    return openai.APIStatusError(message, response=response, body=body)
 
 
 _VERBOSITY = {"never": 0, "error": 1, "warn": 2, "always": 3}
@@ -223,6 +276,7 @@ class Pipeline:
         self.exhausted = False  # no batch left to open (or the budgets refuse the next one)
         self.ran: list[int] = []
         self.refills = 0
+        self.sending = 0  # calls in flight now
         self._work = asyncio.Event()  # wakes workers (after a commit)
         self._commit = asyncio.Event()  # wakes the committer (results to commit, mark to move, batch to open)
 
@@ -246,6 +300,8 @@ class Pipeline:
 
     async def _next(self) -> tuple[BatchRun, int] | None:
         while True:
+            if self.runner.stop is not None:
+                return None
             run = self.feed
             if run is not None and run.next < run.n and run.next < run.durable_sent:
                 i = run.next
@@ -260,16 +316,32 @@ class Pipeline:
             await self._work.wait()
 
     async def _worker(self) -> None:
-        while (job := await self._next()) is not None:
-            run, i = job
-            call = await self.runner.one(self.caller, run.path, run.custom_ids[i], run.bodies[i], run.tokens[i])
-            if run.finish(i, call) and (run.prefix - run.batch.direct_done >= self.chunk or run.prefix == run.n):
-                self._commit.set()
+        try:
+            while (job := await self._next()) is not None:
+                run, i = job
+                self.sending += 1
+                try:
+                    call = await self.runner.one(self.caller, run.path, run.custom_ids[i], run.bodies[i],
+                                                 run.tokens[i])
+                finally:
+                    self.sending -= 1
+                if call is not None and run.finish(i, call) and (
+                        run.prefix - run.batch.direct_done >= self.chunk or run.prefix == run.n):
+                    self._commit.set()
+        finally:
+            self._commit.set()  # the committer may wait for the last call in flight (a stop)
 
     # --- committer ----------------------------------------------------------------------------------------------
 
     async def _committer(self) -> None:
         while True:
+            if (stop := self.runner.stop) is not None:
+                if self.sending == 0:  # every call that went out has its answer: commit them, then stop
+                    await asyncio.to_thread(self._commit_stop)
+                    raise stop
+                self._commit.clear()
+                await self._commit.wait()
+                continue
             acted = await self._step()
             if acted:
                 self._work.set()
@@ -341,12 +413,12 @@ class Pipeline:
         self.pending.extend(assemble(self.engine, "direct"))
         return bool(self.pending)
 
-    def _commit_progress(self, run: BatchRun, mark: int) -> None:
+    def _commit_progress(self, run: BatchRun, mark: int, lower: bool = False) -> None:
         """Commit the finished prefix's results (as a new part) and the "sent up to" mark, in one commit; calls with
         an unknown outcome (``Call.unknown``) are charged at their worst case in the same commit."""
         batch = run.batch
         lo, hi = batch.direct_done, run.prefix
-        update: dict[str, Any] = {"direct_sent": max(mark, batch.direct_sent)}
+        update: dict[str, Any] = {"direct_sent": mark if lower else max(mark, batch.direct_sent)}
         if hi > lo:
             calls: list[Call] = run.calls[lo:hi]  # type: ignore[assignment]
             ref = self.engine.store.put_blob(_part_path(batch), [b"\n".join(c.line for c in calls) + b"\n"])
@@ -360,6 +432,17 @@ class Pipeline:
         run.batch = _commit_batch(self.engine, batch, update,
                                   f"direct batch {batch.local_id}: results up to {hi}, sending up to {mark}")
         self.runner.stats.commits += 1
+
+    def _commit_stop(self) -> None:
+        """The run stops (key refused, no endpoint, outage too long) with every call answered or abandoned: commit
+        the finished prefix of each batch and move its "sent" mark back to the last request that got an answer.
+        Requests past that mark were never answered (nothing billed: refused, or never sent); an answered request
+        beyond a gap stays "sent", so the next run charges it at its worst case and sends it again, as after a
+        crash. Nothing is marked failed."""
+        for run in self.active:
+            answered = [i for i in range(run.prefix, run.n) if run.calls[i] is not None]
+            mark = answered[-1] + 1 if answered else run.prefix
+            self._commit_progress(run, mark, lower=True)
 
     def _commit_done(self, run: BatchRun) -> None:
         """The last results and the whole batch's results file, with the batch marked done, in one commit."""

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import openai
 import orjson
 
@@ -272,7 +273,7 @@ def process_batch(engine: Engine, batch: BatchRecord, force_retry: str | None = 
             log.warning("results of batch %d are gone from the server (%s): its requests will be retried",
                         batch.local_id, api.describe_exception(exc))
             empty = True
-        except openai.OpenAIError as exc:
+        except (openai.OpenAIError, httpx.TransportError) as exc:  # a connection lost mid-download too
             log.warning("download of batch %d results failed, will retry: %s", batch.local_id,
                         api.describe_exception(exc))
             return False
@@ -282,7 +283,8 @@ def process_batch(engine: Engine, batch: BatchRecord, force_retry: str | None = 
         ref = engine.store.put_blob(f"results/{batch.local_id:06d}.jsonl", [b""])
     with gc_paused():
         out = BatchProcessor(engine, batch, force_retry).run(read_results(engine, ref))
-    _commit_processed(engine, batch, ref, out, failed_batch=force_retry is not None)
+    lost = empty or batch.remote_status == "lost"
+    _commit_processed(engine, batch, ref, out, failed_batch=force_retry is not None, lost=lost)
     if batch.mode == "batch":
         delete_remote_files(engine, batch)
     return True
@@ -307,7 +309,8 @@ def _part(store: Any, path: str, lines: list[tuple[int, int, bytes]]) -> BlobRef
     return store.put_blob(path, [b"\n".join(t[2] for t in lines) + b"\n"])
 
 
-def _commit_processed(engine: Engine, batch: BatchRecord, ref: BlobRef, out: BatchOutcome, failed_batch: bool) -> None:
+def _commit_processed(engine: Engine, batch: BatchRecord, ref: BlobRef, out: BatchOutcome, failed_batch: bool,
+                      lost: bool = False) -> None:
     store = engine.store
     task = engine.state.require_task()
     changes = Changes()
@@ -326,8 +329,10 @@ def _commit_processed(engine: Engine, batch: BatchRecord, ref: BlobRef, out: Bat
         update["next_segment"] = index + 1
     cost = costs.usage_cost(out.usage, engine.prices(batch.model, batch.endpoint), batch.mode)  # type: ignore[arg-type]
     ratio = out.outcomes.ok / batch.requests if batch.requests else 1.0
-    # the server's fault (or a wipe's): not a pass failure
-    judged = not failed_batch and batch.remote_status not in SERVER_LOST and batch.cancel_requested_at is None
+    # the server's fault (or a wipe's): not a pass failure; batches lost by the server have a streak of their own
+    judged = not failed_batch and not lost and batch.remote_status not in SERVER_LOST and \
+        batch.cancel_requested_at is None
+    update["consecutive_lost_batches"] = task.consecutive_lost_batches + 1 if lost else 0
     passed = ratio >= engine.options.min_pass_ratio if judged else None
     update["consecutive_pass_failures"] = task.consecutive_pass_failures if passed is None else \
         0 if passed else task.consecutive_pass_failures + 1
@@ -348,6 +353,17 @@ def _commit_processed(engine: Engine, batch: BatchRecord, ref: BlobRef, out: Bat
     log.info("processed batch %d: ok %d, retried %d, failed %d, follow-ups %d, $%.4f; completion tokens max %d, "
              "p95 %d", batch.local_id, out.outcomes.ok, out.outcomes.retried, out.outcomes.failed,
              out.outcomes.followups, cost, out.completion.max_tokens, out.completion.p95_tokens())
+    if lost and update["consecutive_lost_batches"] >= engine.options.max_pass_failures:
+        if batch.session not in (None, engine.session_id):  # lost before the rerun that was asked for: judge anew
+            log.warning("batch %d (pushed by an earlier run) came back without results: its requests are queued "
+                        "again", batch.local_id)
+            return
+        raise EngineStop(
+            f"{update['consecutive_lost_batches']} batches in a row came back without results (last: batch "
+            f"{batch.local_id}, {batch.remote_id}: the server lost the batch or deleted its result files): the "
+            "remote loses batches, so stopping before more is sent. Check the server (its logs, storage, batch "
+            "retention), then rerun: their requests are queued again (--max_pass_failures changes the rule)"
+        )
     if passed is False and update["consecutive_pass_failures"] >= engine.options.max_pass_failures:
         raise EngineStop(_pass_failure_stop(engine, batch.local_id, ratio, update["consecutive_pass_failures"]))
 

@@ -93,25 +93,27 @@ class WaitResult:
     progress: dict[int, tuple[int, int]] = field(default_factory=dict)
 
 
-def wait_for_batches(engine: Engine, sleep: Callable[[float], None], max_wait_s: float | None) -> WaitResult:
-    """Poll with back-off until a remote batch finishes (or ``max_wait_s`` passes); sleeps, never spins.
+def wait_for_batches(engine: Engine, sleep: Callable[[float], None], max_wait_s: float | None,
+                     clock: Callable[[], float] = time.monotonic) -> WaitResult:
+    """Poll with back-off until a remote batch finishes (or ``max_wait_s`` of wall-clock time passes, the polls
+    included: a poll that fails slowly counts too); sleeps, never spins.
 
     With nothing remote to wait for (e.g. a push that failed and will be retried) it sleeps once and returns.
     """
     options = engine.options
-    wait, waited = options.poll_interval_min_s, 0.0
+    wait, started = options.poll_interval_min_s, clock()
     while True:
         report = poll(engine)
+        waited = clock() - started
         if report.finished:
             quota_gate.sync(engine)  # their tokens leave the shared queue now, before they are processed
             return WaitResult(report.finished, waited, False, report.progress)
         if not engine.state.batches_in("pushed") or quota_gate.waiting(engine):
             sleep(wait)  # nothing remote to wait for, or the shared quota may have room now: push again soon
-            return WaitResult([], waited + wait, False, report.progress)
+            return WaitResult([], clock() - started, False, report.progress)
         if max_wait_s is not None and waited >= max_wait_s:
             return WaitResult([], waited, True, report.progress)
-        sleep(wait)
-        waited += wait
+        sleep(wait if max_wait_s is None else max(0.0, min(wait, max_wait_s - waited)))
         wait = min(options.poll_interval_max_s, wait * 1.5)
 
 
@@ -119,9 +121,11 @@ class Stages:
     """The stage calls of a run, here as plain function calls; the Prefect flow overrides them to run each stage
     as a Prefect task, and reuses the same loop (``Runner``)."""
 
-    def __init__(self, engine: Engine, sleep: Callable[[float], None] = time.sleep):
+    def __init__(self, engine: Engine, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic):
         self.engine = engine
         self.sleep = sleep
+        self.clock = clock
         self.pacer = Pacer(engine.options.max_direct_rpm, engine.options.max_direct_tpm)
         self.direct_stats = DirectStats()
 
@@ -144,7 +148,7 @@ class Stages:
         adopt_pushing(self.engine)
 
     def wait(self, max_wait_s: float | None) -> WaitResult:
-        return wait_for_batches(self.engine, self.sleep, max_wait_s)
+        return wait_for_batches(self.engine, self.sleep, max_wait_s, self.clock)
 
 
 def verdict(engine: Engine, progressed: bool) -> RunSummary | None:
