@@ -283,7 +283,9 @@ def process_batch(engine: Engine, batch: BatchRecord, force_retry: str | None = 
         ref = engine.store.put_blob(f"results/{batch.local_id:06d}.jsonl", [b""])
     with gc_paused():
         out = BatchProcessor(engine, batch, force_retry).run(read_results(engine, ref))
-    lost = empty or batch.remote_status == "lost"
+    # lost: the server lost the batch, or said it completed and has no results for it (a failed, expired or
+    # cancelled batch has no results by nature: those are judged by their own rules)
+    lost = batch.remote_status == "lost" or (empty and batch.remote_status == "completed")
     _commit_processed(engine, batch, ref, out, failed_batch=force_retry is not None, lost=lost)
     if batch.mode == "batch":
         delete_remote_files(engine, batch)
@@ -353,7 +355,7 @@ def _commit_processed(engine: Engine, batch: BatchRecord, ref: BlobRef, out: Bat
     log.info("processed batch %d: ok %d, retried %d, failed %d, follow-ups %d, $%.4f; completion tokens max %d, "
              "p95 %d", batch.local_id, out.outcomes.ok, out.outcomes.retried, out.outcomes.failed,
              out.outcomes.followups, cost, out.completion.max_tokens, out.completion.p95_tokens())
-    if lost and update["consecutive_lost_batches"] >= engine.options.max_pass_failures:
+    if lost and update["consecutive_lost_batches"] > engine.options.max_pass_failures:  # a lost batch is requeued; more than N in a row stop
         if batch.session not in (None, engine.session_id):  # lost before the rerun that was asked for: judge anew
             log.warning("batch %d (pushed by an earlier run) came back without results: its requests are queued "
                         "again", batch.local_id)
