@@ -98,3 +98,26 @@ def wipe_failed(engine: Engine) -> int:
     engine.commit(changes, f"wipe failed: {len(lines)} requests requeued")
     log.info("requeued %d failed requests", len(lines))
     return len(lines)
+
+
+def cancel_remote(engine: Engine) -> list[int]:
+    """Cancel the task's batches running remotely and commit it: each becomes ``remote_status="cancelling"``
+    (still ``pushed``: the next poll sees it ``cancelled`` and the process stage keeps what it finished and
+    requeues the rest). Batches still ``pushing`` are left to the next run, which adopts them."""
+    changes = Changes()
+    cancelled: list[int] = []
+    for batch in engine.state.batches_in("pushed"):
+        if batch.mode != "batch" or not batch.remote_id:
+            continue
+        try:
+            engine.client.batches.cancel(batch.remote_id)
+        except openai.OpenAIError as exc:
+            log.warning("could not cancel remote batch %s (batch %d): %s", batch.remote_id, batch.local_id,
+                        api.describe_exception(exc))
+            continue
+        log.info("cancelled remote batch %s (batch %d)", batch.remote_id, batch.local_id)
+        changes.batch(batch.model_copy(update={"remote_status": "cancelling"}))
+        cancelled.append(batch.local_id)
+    if changes:
+        engine.commit(changes, f"cancel remote batches {cancelled}")
+    return cancelled
