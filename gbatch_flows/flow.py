@@ -95,14 +95,21 @@ FlowOptions: type[BaseModel] = create_model(  # type: ignore[call-overload]
 
 
 def _deployment_options() -> dict[str, Any]:
-    """The deployment's own ``options`` (empty outside a deployment run)."""
-    from prefect.runtime import deployment
+    """The ``options`` stored on this run's deployment (empty outside a deployment run). Read from the deployment
+    itself: ``prefect.runtime.deployment.parameters`` are the run's parameters, not the deployment's."""
+    ctx = FlowRunContext.get()
+    deployment_id = getattr(getattr(ctx, "flow_run", None), "deployment_id", None)
+    if deployment_id is None:
+        return {}
+    from prefect import get_client
 
     try:
-        params = deployment.parameters if deployment.id else {}
-    except Exception:  # noqa: BLE001 - no API to ask: no deployment values to merge
-        return {}
-    return dict((params or {}).get("options") or {})
+        with get_client(sync_client=True) as client:
+            deployment = client.read_deployment(deployment_id)
+    except Exception as exc:  # noqa: BLE001 - without them the run would silently use other values
+        raise ValueError(f"cannot read the options of deployment {deployment_id} to merge this run's options "
+                         f"into them: {exc}") from None
+    return dict((deployment.parameters or {}).get("options") or {})
 
 
 def _flow_options(options: BaseModel | dict[str, Any] | None) -> Options:
@@ -198,9 +205,7 @@ class PrefectStages(Stages):
             cache_key = (f"gbatch:{stage.name}:{self.url}:{state.generation}:{state.manifest.sha256}:"
                          f"{self.engine.session_id}:{self.opts_hash}:{json.dumps(args)}")
         result = STAGE_TASKS[stage](quote(self), args, cache_key, label, return_state=True)
-        if result.is_failed():
-            raise EngineStop(result.message or f"{stage.name} failed")
-        return result.result()
+        return result.result()  # a failed stage raises its exception here (EngineStop for a rule stop)
 
 
 # --------------------------------------------------------------------------------------------- logs, artifacts
