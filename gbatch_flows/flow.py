@@ -94,11 +94,12 @@ FlowOptions: type[BaseModel] = create_model(  # type: ignore[call-overload]
 )
 
 
-def _deployment_options() -> dict[str, Any]:
-    """The ``options`` stored on this run's deployment (empty outside a deployment run). Read from the deployment
-    itself: ``prefect.runtime.deployment.parameters`` are the run's parameters, not the deployment's."""
-    ctx = FlowRunContext.get()
-    deployment_id = getattr(getattr(ctx, "flow_run", None), "deployment_id", None)
+def _deployment_options(deployment_id: Any = None) -> dict[str, Any]:
+    """The ``options`` stored on the deployment of this run (or ``deployment_id``); empty outside a deployment run.
+    Read from the deployment itself: ``prefect.runtime.deployment.parameters`` are the run's parameters."""
+    if deployment_id is None:
+        ctx = FlowRunContext.get()
+        deployment_id = getattr(getattr(ctx, "flow_run", None), "deployment_id", None)
     if deployment_id is None:
         return {}
     from prefect import get_client
@@ -112,7 +113,7 @@ def _deployment_options() -> dict[str, Any]:
     return dict((deployment.parameters or {}).get("options") or {})
 
 
-def _flow_options(options: BaseModel | dict[str, Any] | None) -> Options:
+def _flow_options(options: BaseModel | dict[str, Any] | None, deployment_id: Any = None) -> Options:
     """The run's options: the deployment's ``options``, then the fields this run set (a partial override keeps
     the deployment's other values; Prefect itself replaces top-level parameters whole), then the secrets
     ``run_flow`` handed over in memory."""
@@ -120,7 +121,7 @@ def _flow_options(options: BaseModel | dict[str, Any] | None) -> Options:
         given = options.model_dump(mode="json", exclude_unset=True)
     else:
         given = dict(_reject_secrets(options or {}))
-    data = {**_deployment_options(), **given}
+    data = {**_deployment_options(deployment_id), **given}
     local = _LOCAL_SECRETS.get()
     if local is not None and local.get("storage_options") is not None:
         data["storage_options"] = local["storage_options"]
@@ -349,14 +350,14 @@ def run_task_flow(task_obj: Task, options: Options, session_id: str | None = Non
 # --------------------------------------------------------------------------------------------- cancellation
 
 
-def cancel_remote_batches(task_cls: type[Task], parameters: dict[str, Any]) -> int:
+def cancel_remote_batches(task_cls: type[Task], parameters: dict[str, Any], deployment_id: Any = None) -> int:
     """Cancel the task's remote batches and commit it (each becomes ``cancelling``; the next run processes what
     they finished). Runs where the cancelled run ran: the worker (its environment holds the key) or this
     process. Returns how many batches were cancelled."""
     from gbatch_flows.engine.operations import cancel_remote
 
     local = _LOCAL_SECRETS.get() or {}
-    options = _flow_options(parameters.get("options"))
+    options = _flow_options(parameters.get("options"), deployment_id)
     task_obj = task_cls(parameters.get("params"))
     with api_endpoint(options, task_obj, local.get("api_key")) as (base_url, key, is_local):
         with open_engine(task_obj, options, parameters.get("session_id") or "cancel", base_url=base_url,
@@ -365,13 +366,15 @@ def cancel_remote_batches(task_cls: type[Task], parameters: dict[str, Any]) -> i
 
 
 def _on_cancellation(task_cls: type[Task]):
-    def cancel_hook(flow_obj: Any, flow_run: Any, state: Any) -> None:
-        hook_log = logging.getLogger("gbatch_flows.flow")
+    def cancel_hook(flow: Any, flow_run: Any, state: Any) -> None:  # Prefect may pass these by name
+        from prefect.logging.loggers import flow_run_logger
+
+        hook_log = flow_run_logger(flow_run, flow)  # into the cancelled run's logs (and the worker's output)
         if not (flow_run.parameters or {}).get("cancel_remote_on_cancel"):
             hook_log.info("run cancelled: its remote batches keep running; the next run of this task adopts them")
             return
         try:
-            n = cancel_remote_batches(task_cls, flow_run.parameters)
+            n = cancel_remote_batches(task_cls, flow_run.parameters, flow_run.deployment_id)
             hook_log.info("run cancelled: %d remote batch(es) cancelled (committed to the task's manifest)", n)
         except Exception as exc:  # noqa: BLE001 - a hook reports, it cannot fail the cancellation
             hook_log.error("run cancelled, but its remote batches could not be cancelled: %s", _one_line(exc))

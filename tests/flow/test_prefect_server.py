@@ -44,6 +44,12 @@ def run_logs(flow_run_id: Any, expect: str = "", timeout: float = 15.0) -> list[
         time.sleep(0.3)
 
 
+def worker_lines(path: Path) -> str:
+    """The worker's log lines about hooks, cancellation and errors (for failure messages)."""
+    lines = path.read_text(errors="replace").splitlines()
+    return "\n".join(line for line in lines if any(w in line.lower() for w in ("hook", "cancel", "error")))[-4000:]
+
+
 def rows_of(artifact: Any) -> list[dict[str, Any]]:
     return artifact.data if isinstance(artifact.data, list) else json.loads(artifact.data)
 
@@ -265,3 +271,85 @@ def test_direct_stage_keeps_one_pacer_across_loops(prefect_server: PrefectServer
     assert len(ran) >= 6  # ceil(26 / 5) direct batches, one per loop
     assert all(p is ran[0] for p in ran)
     assert ran[0].rpm == 6000
+
+
+def test_cancelling_a_deployment_run_on_a_worker(prefect_server: PrefectServer, char_codes: ModuleType,
+                                                 tmp_path: Path) -> None:
+    """Prefect's own cancellation of a deployment run on a `process` worker, both choices: by default the remote
+    batches keep running (the next run adopts them); with cancel_remote_on_cancel the worker's hook cancels them
+    and commits it."""
+    import signal
+    import subprocess
+    import sys
+
+    from prefect import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.states import Cancelling
+    from prefect.utilities.callables import parameter_schema
+
+    from .conftest import REPO
+
+    flow = char_codes.char_codes_flow
+    pool = f"cancel-{uuid.uuid4().hex[:6]}"
+    gate = threading.Event()
+    with emulator_for(char_codes.CharCodes, gate=gate) as emu:
+        base = flow_options(tmp_path, emu, max_batch_requests=13, max_poll_wait_s=120)
+        with get_client(sync_client=True) as client:
+            client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+            deployment_id = client.create_deployment(
+                flow_id=client.create_flow_from_name(flow.name), name=pool, work_pool_name=pool,
+                entrypoint="flows/char_codes.py:char_codes_flow",
+                pull_steps=[{"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}],
+                parameter_openapi_schema=parameter_schema(flow).model_dump_for_openapi(),
+                parameters={"options": base, "params": {"char_ranges": RANGE}})
+        log_path = tmp_path / "worker.log"
+        with open(log_path, "wb") as log_file:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--name", pool],
+                env=prefect_server.subprocess_env(PYTHONPATH=str(REPO), PREFECT_WORKER_QUERY_SECONDS="1"),
+                cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            said = {}
+            for choice in (False, True):
+                task_dir = tmp_path / ("cancel" if choice else "keep")
+                created = emu.stats()["batches_created"]
+                with get_client(sync_client=True) as client:
+                    run = client.create_flow_run_from_deployment(
+                        deployment_id, parameters={"options": {"task_dir": str(task_dir)},
+                                                   "cancel_remote_on_cancel": choice})
+                deadline = time.monotonic() + 120
+                while emu.stats()["batches_created"] < created + 2:
+                    assert worker.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
+                    time.sleep(0.2)
+                with get_client(sync_client=True) as client:
+                    client.set_flow_run_state(run.id, Cancelling(message="test"), force=True)
+                    while (state := client.read_flow_run(run.id).state).type.value != "CANCELLED":
+                        assert time.monotonic() < deadline, (state, log_path.read_text()[-3000:])
+                        time.sleep(0.3)
+                folder = task_dir / "char_codes"
+                while True:  # the hook runs after the state is set
+                    batches = [b for k, b in open_store(str(folder)).load().sections.items()
+                               if k.startswith("batch/")]
+                    statuses = [b.get("remote_status") for b in batches]
+                    if (choice and statuses == ["cancelling", "cancelling"]) or not choice:
+                        break
+                    assert time.monotonic() < deadline, (statuses, worker_lines(log_path))
+                    time.sleep(0.3)
+                assert len(batches) == 2 and all(b["state"] == "pushed" for b in batches)
+                assert ("cancelling" in statuses) == choice, statuses
+                said[choice] = [log.message for log in run_logs(run.id, expect="run cancelled")]
+            by_status = emu.stats()["batches_by_status"]
+            assert sum(n for s, n in by_status.items() if s in ("cancelling", "cancelled")) == 2, by_status
+            assert sum(n for s, n in by_status.items() if s in ("validating", "in_progress")) == 2, by_status
+            # The hook says what it did in the cancelled run's logs.
+            assert any("its remote batches keep running; the next run of this task adopts them" in m
+                       for m in said[False]), said[False]
+            assert any("2 remote batch(es) cancelled" in m for m in said[True]), said[True]
+        finally:
+            gate.set()
+            worker.send_signal(signal.SIGINT)
+            try:
+                worker.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait(timeout=10)
