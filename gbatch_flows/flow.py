@@ -206,7 +206,10 @@ class PrefectStages(Stages):
             cache_key = (f"gbatch:{stage.name}:{self.url}:{state.generation}:{state.manifest.sha256}:"
                          f"{self.engine.session_id}:{self.opts_hash}:{json.dumps(args)}")
         result = STAGE_TASKS[stage](quote(self), args, cache_key, label, return_state=True)
-        return result.result()  # a failed stage raises its exception here (EngineStop for a rule stop)
+        value = result.result()  # a failed stage raises its exception here (EngineStop for a rule stop)
+        if isinstance(value, BaseException):  # a rule stop cached at this very manifest: it stops again
+            raise value
+        return value
 
 
 # --------------------------------------------------------------------------------------------- logs, artifacts
@@ -262,7 +265,10 @@ class FlowReporter(Reporter):
 
     def progress(self, engine: Engine, figures: dict[str, Any], force: bool = False) -> None:
         if self.progress_id is not None and (force or self.throttle.ready()):
-            update_progress_artifact(self.progress_id, 100.0 * figures["requests/progress"])
+            # _sync: commits also happen inside the direct stage's event loop, where the call would otherwise
+            # return an un-awaited coroutine
+            update_progress_artifact(self.progress_id, 100.0 * figures["requests/progress"],  # type: ignore[call-arg]
+                                     _sync=True)
 
     def finish(self, engine: Engine, summary: RunSummary | None, output: tuple[str, int] | None,
                error: BaseException | None) -> None:
@@ -338,11 +344,13 @@ def run_task_flow(task_obj: Task, options: Options, session_id: str | None = Non
             logger.warning("skipped: another run holds this task: %s", exc)
             message = f"another run holds this task ({exc}); this run did nothing"
             return Completed(name="Skipped", message=message, data={"status": "skipped", "reason": message})
-        except USER_ERRORS as exc:
+        except Exception as exc:  # noqa: BLE001 - one line in the state; the traceback only at DEBUG
+            message = _one_line(exc) if isinstance(exc, USER_ERRORS) else f"{type(exc).__name__}: {_one_line(exc)}"
+            log.debug("the run failed", exc_info=True)
             if reporter.progress_id is None:  # failed before the run started: the summary says why
-                create_markdown_artifact(f"## {task_obj.name}: failed\n\n{_one_line(exc)}\n",
+                create_markdown_artifact(f"## {task_obj.name}: failed\n\n{message}\n",
                                          key=f"{reporter.key}-summary", description="run summary")
-            return Failed(message=_one_line(exc), data=exc)
+            return Failed(message=message, data=exc)
     logger.info("%s: %s", summary.status, summary.reason)
     return final_state(summary, session)
 

@@ -57,15 +57,27 @@ def rows_of(artifact: Any) -> list[dict[str, Any]]:
 def test_engine_lines_in_the_run_logs_at_its_log_level(prefect_server: PrefectServer, char_codes: ModuleType,
                                                       tmp_path: Path) -> None:
     flow = char_codes.char_codes_flow
-    with emulator_for(char_codes.CharCodes, batch_duration=0.5) as emu:
+    gate = threading.Event()
+    with emulator_for(char_codes.CharCodes, gate=gate) as emu:
+        def open_later() -> None:  # both batches stay in flight for a few poll cycles
+            deadline = time.monotonic() + 120
+            while emu.stats()["batches_created"] < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(1.5)
+            gate.set()
+
+        opener = threading.Thread(target=open_later)
+        opener.start()
         state = flow(options=flow_options(tmp_path, emu, max_batch_requests=13), params={"char_ranges": RANGE},
                      session_id="logs-info", return_state=True)
+        opener.join()
         assert state.is_completed() and state.name == "Finished", state
         run_id = state.state_details.flow_run_id
         logs = run_logs(run_id, expect="processed batch 2")
         messages = [log.message for log in logs]
         for wanted in ("generated 26 requests", "pushed batch 1 as batch_", "pushed batch 2 as batch_",
-                       "processed batch 1: ok 13", "processed batch 2: ok 13", "waiting: 2 batch(es) in flight"):
+                       "processed batch 1: ok 13", "processed batch 2: ok 13", "waiting: 2 batch(es) in flight",
+                       "; next poll in "):
             assert any(wanted in m for m in messages), (wanted, messages)
         # Stage lines are in their task run's logs; a wait line per poll cycle, not per commit.
         pushed = next(log for log in logs if "pushed batch 1" in log.message)
@@ -129,6 +141,10 @@ def test_deployment_schema_is_typed_refuses_a_misspelled_option_and_merges_a_par
         assert emu.stats()["batches_created"] == 3  # ceil(26 / 9): the override applied ...
         output = Path(deployed["task_dir"]) / "char_codes" / "char_codes_output.jsonl"
         assert len(read_jsonl(output)) == 26  # ... and the deployment's task_dir, endpoint... kept
+        # A deployment run's logs hold the engine's lines too (the flow attaches the handler itself).
+        messages = [log.message for log in run_logs(run.id, expect="processed batch 3")]
+        assert any("pushed batch 1 as batch_" in m for m in messages), messages
+        assert any("processed batch 3: ok" in m for m in messages), messages
 
 
 def test_named_final_states(prefect_server: PrefectServer, char_codes: ModuleType, tmp_path: Path) -> None:
