@@ -6,6 +6,7 @@ across loops in the plain run and in the flow."""
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 import uuid
@@ -59,18 +60,22 @@ def test_engine_lines_in_the_run_logs_at_its_log_level(prefect_server: PrefectSe
     flow = char_codes.char_codes_flow
     gate = threading.Event()
     with emulator_for(char_codes.CharCodes, gate=gate) as emu:
-        def open_later() -> None:  # both batches stay in flight for a few poll cycles
-            deadline = time.monotonic() + 120
-            while emu.stats()["batches_created"] < 2 and time.monotonic() < deadline:
-                time.sleep(0.05)
-            time.sleep(1.5)
-            gate.set()
+        waits: list[str] = []
 
-        opener = threading.Thread(target=open_later)
-        opener.start()
-        state = flow(options=flow_options(tmp_path, emu, max_batch_requests=13), params={"char_ranges": RANGE},
-                     session_id="logs-info", return_state=True)
-        opener.join()
+        class OpenAfterTwoWaits(logging.Handler):  # both batches stay in flight for two poll cycles
+            def emit(self, record: logging.LogRecord) -> None:
+                if record.getMessage().startswith("waiting:"):
+                    waits.append(record.getMessage())
+                    if len(waits) >= 2:
+                        gate.set()
+
+        watcher = OpenAfterTwoWaits()
+        logging.getLogger("gbatch_flows.engine.runner").addHandler(watcher)
+        try:
+            state = flow(options=flow_options(tmp_path, emu, max_batch_requests=13),
+                         params={"char_ranges": RANGE}, session_id="logs-info", return_state=True)
+        finally:
+            logging.getLogger("gbatch_flows.engine.runner").removeHandler(watcher)
         assert state.is_completed() and state.name == "Finished", state
         run_id = state.state_details.flow_run_id
         logs = run_logs(run_id, expect="processed batch 2")
