@@ -12,7 +12,7 @@ import pytest
 from gbatch_flows.flow import run_flow
 from gbatch_flows.options import Options
 
-from .conftest import PrefectServer, emulator_for, flow_options, read_jsonl
+from .conftest import DUMMY_KEY, PrefectServer, emulator_for, flow_options, read_jsonl
 
 
 def recent_flow_run_parameters() -> list[str]:
@@ -46,6 +46,7 @@ def test_cli_run_keeps_storage_credentials_and_key_off_the_server(prefect_server
                           storage_options={"token": "sekret-storage-token"})
         summary = run_flow(char_codes.CharCodes({"char_ranges": "0x41-0x43"}), options, session_id="secret-check")
     assert summary.status == "finished"
+    assert os.environ["OPENAI_API_KEY"] == DUMMY_KEY  # the key went to the flow in memory, not the environment
     assert len(read_jsonl(tmp_path / "tasks" / "char_codes" / "char_codes_output.jsonl")) == 3
     stored = [p for p in recent_flow_run_parameters() if "secret-check" in p]
     assert len(stored) == 1
