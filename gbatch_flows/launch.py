@@ -44,12 +44,12 @@ def resolved_key(options: Options) -> str | None:
     return options.api_key() or os.environ.get("OPENAI_API_KEY") or None
 
 
-def wants_emulator(options: Options) -> bool:
+def wants_emulator(options: Options, api_key: str | None = None) -> bool:
     if options.emulator == "always":
         return True
     if options.emulator == "never":
         return False
-    return not resolved_key(options) and not options.client_base_url and not options.azure_endpoint
+    return not (api_key or resolved_key(options)) and not options.client_base_url and not options.azure_endpoint
 
 
 LOCAL_SUFFIXES = (".localhost", ".local", ".internal", ".lan", ".home.arpa")
@@ -86,9 +86,12 @@ def needs_price_flags(base_url: str | None) -> bool:
 
 
 @contextlib.contextmanager
-def api_endpoint(options: Options, task: Task) -> Iterator[tuple[str | None, str | None, bool]]:
-    """(base_url, api_key, local_server); starts the bundled emulator in this process when it is wanted."""
-    if wants_emulator(options):
+def api_endpoint(options: Options, task: Task, api_key: str | None = None
+                 ) -> Iterator[tuple[str | None, str | None, bool]]:
+    """(base_url, api_key, local_server); starts the bundled emulator in this process when it is wanted.
+
+    ``api_key`` (handed over in memory, e.g. by ``run_flow``) wins over the options' key and OPENAI_API_KEY."""
+    if wants_emulator(options, api_key):
         from gbatch_flows.emulator import EmulatorConfig, run_emulator
 
         config = EmulatorConfig(responders=task.emulator_responders(), batch_duration=1.0)
@@ -101,7 +104,7 @@ def api_endpoint(options: Options, task: Task) -> Iterator[tuple[str | None, str
         check_azure(options)
         yield None, azure_key(options), False  # Azure: OpenAI's prices (see docs/endpoints.md), never zero
         return
-    key = resolved_key(options)
+    key = api_key or resolved_key(options)
     if not key and not (is_local_server(options.client_base_url) or needs_price_flags(options.client_base_url)):
         raise SetupError(
             "no OpenAI API key: set OPENAI_API_KEY (or pass --openai_api_key), or point --client_base_url at a "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from gbatch_flows import monitor as m
@@ -48,13 +49,17 @@ def batch_states(state: TaskState) -> dict[str, int]:
 
 
 def batch_rows(state: TaskState) -> list[dict[str, Any]]:
-    """One row per batch: status, requests, tokens and cost (a Prefect table artifact, a summary)."""
+    """One row per batch: status, remote id, times (UTC), requests, tokens and cost (a Prefect table artifact, a summary)."""
     return [
         {
             "batch": b.local_id,
             "mode": b.mode,
             "state": b.state,
+            "remote_id": b.remote_id or "",
             "remote": b.remote_status or "",
+            "created": _utc(b.created_at),
+            "pushed": _utc(b.pushed_at),
+            "finished": _utc(b.finished_at),
             "requests": b.requests,
             "ok": b.outcomes.ok,
             "retried": b.outcomes.retried,
@@ -67,6 +72,13 @@ def batch_rows(state: TaskState) -> list[dict[str, Any]]:
         }
         for b in state.batches.values()
     ]
+
+
+def _utc(ts: float | None) -> str:
+    """A timestamp as ``2026-12-01 09:41:07`` (UTC), or '' when unset."""
+    if not ts:
+        return ""
+    return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def summary_line(state: TaskState, session_id: str) -> str:

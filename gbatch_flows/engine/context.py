@@ -9,6 +9,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from gbatch_flows import api, costs
+from gbatch_flows.engine.config import RunConfig
 from gbatch_flows.engine.fencing import Fence, Timing
 from gbatch_flows.engine.protocol import TaskProtocol
 from gbatch_flows.engine.state import Changes, TaskState
@@ -65,6 +66,11 @@ class Engine:
         for hook in self.on_commit:
             hook(self._state)
         return self._state
+
+    @cached_property
+    def config(self) -> RunConfig:
+        """The run configuration built once from the options (see ``engine/config.py``)."""
+        return RunConfig.from_options(self.options)
 
     @cached_property
     def client(self) -> openai.OpenAI:

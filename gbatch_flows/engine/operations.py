@@ -82,17 +82,21 @@ def to_direct(engine: Engine) -> int:
     return requests
 
 
-def cancel_remote(engine: Engine, changes: Changes) -> list[int]:
-    """Cancel the task's batches running on the remote (best effort) and record it on each; returns their ids."""
+def cancel_into(engine: Engine, changes: Changes) -> list[int]:
+    """Cancel the task's batches running on the remote (best effort) and record it in ``changes``: each cancelled
+    one becomes ``remote_status="cancelling"`` (still ``pushed``: the next poll sees it ``cancelled`` and the
+    process stage keeps what it finished and requeues the rest, not as a pass failure). Returns their ids."""
     cancelled: list[int] = []
     for batch in engine.state.batches_in("pushed"):
         if batch.mode != "batch" or not batch.remote_id:
             continue
         try:
             engine.client.batches.cancel(batch.remote_id)
-            log.info("cancelled remote batch %s (local batch %d)", batch.remote_id, batch.local_id)
         except openai.OpenAIError as exc:
-            log.warning("could not cancel %s: %s", batch.remote_id, api.describe_exception(exc))
+            log.warning("could not cancel remote batch %s (batch %d): %s", batch.remote_id, batch.local_id,
+                        api.describe_exception(exc))
+            continue
+        log.info("cancelled remote batch %s (batch %d)", batch.remote_id, batch.local_id)
         changes.batch(batch.model_copy(update={"cancel_requested_at": time.time(), "remote_status": "cancelling"}))
         cancelled.append(batch.local_id)
     return cancelled
@@ -109,7 +113,7 @@ def wipe_requests(engine: Engine) -> None:
     state = engine.state
     task = state.require_task()
     changes = Changes()
-    cancelled = cancel_remote(engine, changes)
+    cancelled = cancel_into(engine, changes)
     assembled = state.batches_in("assembled")
     update: dict[str, Any] = unassemble(engine, assembled, changes, keep_first=False)
     dropped = 0
@@ -150,3 +154,13 @@ def wipe_failed(engine: Engine) -> int:
     engine.commit(changes, f"wipe failed: {len(lines)} requests requeued")
     log.info("requeued %d failed requests", len(lines))
     return len(lines)
+
+
+def cancel_remote(engine: Engine) -> list[int]:
+    """Cancel the task's batches running remotely and commit it (see ``cancel_into``). Batches still ``pushing``
+    are left to the next run, which adopts them."""
+    changes = Changes()
+    cancelled = cancel_into(engine, changes)
+    if changes:
+        engine.commit(changes, f"cancel remote batches {cancelled}")
+    return cancelled

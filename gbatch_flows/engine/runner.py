@@ -1,7 +1,8 @@
 """The run loop over the stages: generate, then process / assemble / push (or direct) / poll until done or stopped.
 
-The Prefect flow (``gbatch_flows/flow.py``) drives the same stage functions and uses the decisions below, so the
-plain Python run and the flow behave alike.
+The stages are one table (``STAGES``) run through one loop (``Runner``) by a ``Stages`` object; the plain run
+calls them directly, the Prefect flow (``gbatch_flows/flow.py``) overrides ``Stages.call`` to run each stage as a
+Prefect task. Nothing else differs between the two.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from gbatch_flows.engine import limits, quota_gate
 from gbatch_flows.engine.assemble import assemble
@@ -58,12 +60,12 @@ def has_direct_work(state: TaskState) -> bool:
 
 def choose_mode(engine: Engine) -> str:
     """``direct`` when forced, or for the last few requests (``direct_finish_requests``); else ``batch``."""
-    options = engine.options
-    if options.force_direct:
+    mode = engine.config.mode
+    if mode.force_direct:
         return "direct"
     queued = engine.state.queued_requests()
-    if options.direct_finish_requests and engine.state.task and engine.state.task.generated:
-        if 0 < queued <= options.direct_finish_requests:
+    if mode.direct_finish_requests and engine.state.task and engine.state.task.generated:
+        if 0 < queued <= mode.direct_finish_requests:
             return "direct"
     return "batch"
 
@@ -98,10 +100,11 @@ def wait_for_batches(engine: Engine, sleep: Callable[[float], None], max_wait_s:
     """Poll with back-off until a remote batch finishes (or ``max_wait_s`` of wall-clock time passes, the polls
     included: a poll that fails slowly counts too); sleeps, never spins.
 
-    With nothing remote to wait for (e.g. a push that failed and will be retried) it sleeps once and returns.
+    Logs one line per poll cycle (batches in flight, requests done, next poll). With nothing remote to wait for
+    (e.g. a push that failed and will be retried) it sleeps once and returns.
     """
-    options = engine.options
-    wait, started = options.poll_interval_min_s, clock()
+    pacing = engine.config.pacing
+    wait, started = pacing.poll_interval_min_s, clock()
     while True:
         report = poll(engine)
         waited = clock() - started
@@ -109,55 +112,139 @@ def wait_for_batches(engine: Engine, sleep: Callable[[float], None], max_wait_s:
             quota_gate.sync(engine)  # their tokens leave the shared queue now, before they are processed
             return WaitResult(report.finished, waited, False, report.progress)
         if not engine.state.batches_in("pushed") or quota_gate.waiting(engine):
-            sleep(wait)  # nothing remote to wait for, or the shared quota may have room now: push again soon
+            # nothing remote to wait for, or the shared quota may have room now: push again soon
+            (log.debug if quota_gate.waiting(engine) else log.info)("nothing in flight to wait for; next look in %s",
+                                                                    _seconds(wait))
+            sleep(wait)
             return WaitResult([], clock() - started, False, report.progress)
         if max_wait_s is not None and waited >= max_wait_s:
             return WaitResult([], waited, True, report.progress)
+        done = sum(d for d, _ in report.progress.values())
+        total = sum(t for _, t in report.progress.values())
+        log.info("waiting: %d batch(es) in flight, %d/%d of their requests done; next poll in %s (waited %s)",
+                 report.in_flight, done, total, _seconds(wait), _seconds(waited))
         sleep(wait if max_wait_s is None else max(0.0, min(wait, max_wait_s - waited)))
-        wait = min(options.poll_interval_max_s, wait * 1.5)
+        wait = min(pacing.poll_interval_max_s, wait * 1.5)
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.0f}s" if value >= 10 else f"{value:.2g}s"
+
+
+# --------------------------------------------------------------------------------------------- the stage table
+
+
+@dataclass(frozen=True, eq=False)
+class Stage:
+    """One stage of a run: how to run it on a ``Stages`` (engine, pacer, sleep), and how the flow shows it.
+
+    ``cached``: the flow may skip it through Prefect's cache when the manifest it starts from is unchanged (only
+    stages that depend on nothing but the manifest and the options). ``label`` names the batches it will touch
+    (for task-run names).
+    """
+
+    name: str
+    run: Callable[..., Any]
+    cached: bool
+    label: Callable[[TaskState], str]
+
+
+def _ids(batches: list[Any]) -> str:
+    ids = [b.local_id for b in batches]
+    if not ids:
+        return ""
+    if ids == list(range(ids[0], ids[-1] + 1)) and len(ids) > 2:
+        return f"batches {ids[0]}-{ids[-1]}"
+    return ("batch " if len(ids) == 1 else "batches ") + ",".join(map(str, ids))
+
+
+def _generate(stages: Stages) -> int:
+    generate(stages.engine)
+    return stages.engine.state.require_task().generated_requests
+
+
+def _process(stages: Stages) -> list[int]:
+    return process(stages.engine)
+
+
+def _assemble(stages: Stages, mode: str) -> list[int]:
+    return assemble(stages.engine, mode)
+
+
+def _direct(stages: Stages) -> list[int]:
+    return run_direct(stages.engine, stages.pacer, stages.direct_stats)
+
+
+def _push(stages: Stages) -> None:
+    push(stages.engine)
+
+
+def _adopt(stages: Stages) -> None:
+    adopt_pushing(stages.engine)
+
+
+def _wait(stages: Stages, max_wait_s: float | None) -> WaitResult:
+    return wait_for_batches(stages.engine, stages.sleep, max_wait_s, stages.clock)
+
+
+GENERATE = Stage("generate-requests", _generate, True, lambda s: "")
+PROCESS = Stage("process-results", _process, True, lambda s: _ids(s.batches_in("done")))
+ASSEMBLE = Stage("assemble-batches", _assemble, True, lambda s: f"from batch {max(s.batches, default=0) + 1}")
+DIRECT = Stage("direct-requests", _direct, False,
+               lambda s: _ids([b for b in s.batches_in("assembled", "pushing") if b.mode == "direct"]))
+PUSH = Stage("push-batches", _push, False,
+             lambda s: _ids([b for b in s.batches_in("assembled", "pushing") if b.mode == "batch"]))
+ADOPT = Stage("adopt-batches", _adopt, False, lambda s: _ids(s.batches_in("pushing")))
+WAIT = Stage("wait-for-batches", _wait, False, lambda s: _ids(s.batches_in("pushed")))
+
+#: Every stage, in run order (the plain run and the Prefect flow share this table and ``Runner``).
+STAGES = (GENERATE, PROCESS, ASSEMBLE, DIRECT, PUSH, ADOPT, WAIT)
 
 
 class Stages:
-    """The stage calls of a run, here as plain function calls; the Prefect flow overrides them to run each stage
-    as a Prefect task, and reuses the same loop (``Runner``)."""
+    """Runs the stages of one run: here as plain calls; the Prefect flow overrides ``call`` only (each stage as
+    a Prefect task). One ``Stages`` per run, so the direct pacer (its RPM/TPM window) lives across loops."""
 
     def __init__(self, engine: Engine, sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.monotonic):
         self.engine = engine
         self.sleep = sleep
         self.clock = clock
-        self.pacer = Pacer(engine.options.max_direct_rpm, engine.options.max_direct_tpm)
+        pacing = engine.config.pacing
+        self.pacer = Pacer(pacing.direct_rpm, pacing.direct_tpm)
         self.direct_stats = DirectStats()
 
+    def call(self, stage: Stage, *args: Any) -> Any:
+        return stage.run(self, *args)
+
     def generate(self) -> None:
-        generate(self.engine)
+        self.call(GENERATE)
 
     def process(self) -> list[int]:
-        return process(self.engine)
+        return self.call(PROCESS)
 
     def assemble(self, mode: str) -> list[int]:
-        return assemble(self.engine, mode)
+        return self.call(ASSEMBLE, mode)
 
     def direct(self) -> list[int]:
-        return run_direct(self.engine, self.pacer, self.direct_stats)
+        return self.call(DIRECT)
 
     def push(self) -> None:
-        push(self.engine)
+        self.call(PUSH)
 
     def adopt(self) -> None:
-        adopt_pushing(self.engine)
+        self.call(ADOPT)
 
     def wait(self, max_wait_s: float | None) -> WaitResult:
-        return wait_for_batches(self.engine, self.sleep, max_wait_s, self.clock)
+        return self.call(WAIT, max_wait_s)
 
 
 def verdict(engine: Engine, progressed: bool) -> RunSummary | None:
     """How the run ends now (finished, or stopped by only_process or a spend limit), or None to go on."""
     state = engine.state
-    options = engine.options
     if is_finished(state):
         return RunSummary("finished", "all requests processed", state.generation, counts(state))
-    if options.only_process and not state.batches_in("pushed", "done"):
+    if engine.config.mode.only_process and not state.batches_in("pushed", "done"):
         reason = "only_process: no remote batch left to wait for"
         if state.batches_in("pushing"):
             reason += (f" ({len(state.batches_in('pushing'))} batch(es) were never created remotely: run "
@@ -186,12 +273,13 @@ class Runner:
         self.direct_stats = self.stages.direct_stats
 
     def run(self) -> RunSummary:
-        engine, options, stages = self.engine, self.engine.options, self.stages
-        if not options.only_process:
+        engine, stages = self.engine, self.stages
+        only_process = engine.config.mode.only_process
+        if not only_process:
             stages.generate()
         while True:
             progressed = bool(stages.process())
-            if not options.only_process:
+            if not only_process:
                 progressed |= bool(stages.assemble(choose_mode(engine)))
                 if has_direct_work(engine.state):  # also direct batches a crashed run left behind
                     progressed |= bool(stages.direct())
@@ -205,7 +293,7 @@ class Runner:
                 return summary
             waited = WaitResult()
             if not progressed and not engine.state.batches_in("done"):
-                waited = stages.wait(options.max_poll_wait_s)
+                waited = stages.wait(engine.config.pacing.max_poll_wait_s)
             if self.on_tick:
                 self.on_tick(engine, {"progress": waited.progress})
             if waited.timed_out:

@@ -11,6 +11,7 @@ from types import ModuleType
 import pytest
 
 from gbatch_flows import flow as flow_module
+from gbatch_flows.engine.runner import GENERATE
 from gbatch_flows.launch import open_engine, prepare
 from gbatch_flows.options import Options
 
@@ -31,30 +32,36 @@ RANGE = "0x41-0x5A"
 def test_stage_called_again_on_the_same_manifest_is_a_cache_hit(prefect_server: PrefectServer,
                                                                  char_codes: ModuleType, tmp_path: Path) -> None:
     from prefect import flow
+    from prefect.utilities.annotations import quote
 
     task = char_codes.CharCodes({"char_ranges": RANGE})
     options = Options(task_dir=str(tmp_path / "tasks"), no_wandb=True, emulator="never")
     url = str(tmp_path / "tasks" / "char_codes")
-    token = uuid.uuid4().hex
+    generate_task = flow_module.STAGE_TASKS[GENERATE]
+
+    class Broken:
+        """Stages whose engine cannot be used: a stage that really ran on it would fail."""
+
+        engine = None
+
     with open_engine(task, options, "cache-probe", base_url="http://127.0.0.1:9/v1", api_key=DUMMY_KEY) as engine:
         prepare(engine, task)
         start = engine.refresh()
-        key = (token, "generate", url, start.generation, start.manifest.sha256, engine.session_id, "opts")
+        stages = flow_module.PrefectStages(engine, options, url)
+        key = f"probe:{uuid.uuid4().hex}:{start.generation}:{start.manifest.sha256}"
 
         @flow(name="cache-probe")
         def probe() -> dict[str, object]:
-            flow_module._ENGINES[token] = engine
-            first = flow_module.generate_stage(*key, return_state=True)
+            first = generate_task(quote(stages), (), key, "generate-requests-1", return_state=True)
             generated = engine.refresh()
-            del flow_module._ENGINES[token]  # a stage that really ran now would fail with KeyError
-            second = flow_module.generate_stage(*key, return_state=True)
+            second = generate_task(quote(Broken()), (), key, "generate-requests-2", return_state=True)
             return {"first": first, "second": second, "generated": generated}
 
         out = probe()
         assert out["first"].name == "Completed"
         assert out["generated"].generation > start.generation and out["generated"].queued_requests() == 26
         assert out["second"].name == "Cached"
-        assert out["second"].result() == out["first"].result()
+        assert out["second"].result() == out["first"].result() == 26
         assert engine.refresh().generation == out["generated"].generation
 
         # The cache lives in the result storage only; with it wiped the stage runs again, still correctly.
@@ -62,11 +69,7 @@ def test_stage_called_again_on_the_same_manifest_is_a_cache_hit(prefect_server: 
 
         @flow(name="cache-probe-wiped")
         def probe_wiped() -> object:
-            flow_module._ENGINES[token] = engine
-            try:
-                return flow_module.generate_stage(*key, return_state=True)
-            finally:
-                del flow_module._ENGINES[token]
+            return generate_task(quote(stages), (), key, "generate-requests-3", return_state=True)
 
         third = probe_wiped()
         assert third.name == "Completed"

@@ -118,7 +118,7 @@ def test_second_concurrent_run_is_refused_by_the_lease(prefect_server: PrefectSe
         thread.start()
         try:
             wait_for(lambda: emu.stats()["batches_created"] >= 1, "the first run pushed a batch")
-            # Through the flow: the run ends Cancelled and names the lease.
+            # Through the flow: the run ends Completed, named Skipped, and names the lease.
             second = char_codes.char_codes_flow(options=options, params={"char_ranges": RANGE}, session_id="two",
                                                 return_state=True)
             # Through the CLI: exit status 1 and the same explanation.
@@ -128,9 +128,10 @@ def test_second_concurrent_run_is_refused_by_the_lease(prefect_server: PrefectSe
         finally:
             gate.set()
             thread.join(timeout=120)
-        assert second.is_cancelled(), second
-        assert "lease" in (second.message or "")
-        assert flow_run(second.state_details.flow_run_id).state.type.value == "CANCELLED"
+        assert second.is_completed() and second.name == "Skipped", second
+        assert "lease" in (second.message or "") and "another run holds this task" in second.message
+        stored = flow_run(second.state_details.flow_run_id).state
+        assert (stored.type.value, stored.name) == ("COMPLETED", "Skipped")
         assert code == cli.EXIT_ERROR
         assert "another run holds this task" in capsys.readouterr().err
 
