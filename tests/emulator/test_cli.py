@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import selectors
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import openai
@@ -86,47 +84,8 @@ def test_server_process_runs_a_whole_batch_life_cycle(server_url: str) -> None:
         wrong.models.list()
 
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def test_one_standalone_emulator_serves_both_demos(tmp_path: Path) -> None:
-    """`python -m gbatch_flows.emulator` with no --responder answers both demos validly (README "Emulator")."""
-    process = subprocess.Popen([*COMMAND, "--port", "0", "--batch-duration", "0.2", "--log-level", "warning"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
-    try:
-        line = process.stdout.readline()  # type: ignore[union-attr]
-        assert "listening on" in line, process.stderr.read() if process.poll() is not None else line
-        url = line.split()[-1]
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "PREFECT_"))}
-        env["WANDB_MODE"] = "disabled"
-        for demo, flags in (("char_codes", ["--char_ranges", "0x41-0x4A,0x3B1-0x3B5"]), ("utterance_emotion", [])):
-            done = subprocess.run(
-                [sys.executable, str(REPO / "flows" / f"{demo}.py"), "--client_base_url", url, "--no_prefect",
-                 "--no_wandb", "--poll_interval_min_s", "0.1", "--poll_interval_max_s", "0.5", *flags],
-                cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
-            assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-            assert f"{demo}: finished" in done.stdout, done.stdout[-3000:]
-            output = tmp_path / "tasks" / demo / f"{demo}_output.jsonl"
-            records = [json.loads(x) for x in output.read_text().splitlines() if x.strip()]
-            if demo == "char_codes":  # every answer passed the demo's own validation: one record per character
-                assert sorted(r["codepoint"] for r in records) == [*range(0x41, 0x4B), *range(0x3B1, 0x3B6)]
-                assert all(r["sample_sentence"].count(r["character"]) >= 2 for r in records)
-            else:
-                inputs = (REPO / "flows" / "data" / "utterances.jsonl").read_text().splitlines()
-                assert len(records) == len([x for x in inputs if x.strip()])
-                assert all(r["emotion"] and sum(r["votes"].values()) >= 3 for r in records)
-        stats = httpx.get(url.removesuffix("/v1") + "/_emulator/stats", timeout=10).json()
-        assert stats["batches_created"] >= 2 and stats["batch_requests_processed"] >= 15 + 40
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 def test_demo_responder_is_the_default_and_can_be_replaced() -> None:
+    """Both demos against one standalone emulator: tests/docs/test_readme.py (the README's commands)."""
     from gbatch_flows.emulator.__main__ import DEMO_RESPONDER, build_parser, config_from_args
 
     assert config_from_args(build_parser().parse_args([])).responders == {"*": DEMO_RESPONDER}
