@@ -34,8 +34,13 @@ def options_model(task_cls: type[Task]) -> type[Options]:
 
 
 def split_options(task_cls: type[Task], combined: Options) -> tuple[Options, dict[str, Any]]:
-    params = {name: getattr(combined, name) for name in (task_cls.Params.model_fields if task_cls.Params else {})}
-    options = Options.model_validate({name: getattr(combined, name) for name in Options.model_fields})
+    """The run's Options and the task's params: only the params that were given (the others are the task's stored
+    metadata or its defaults); the Options keep which of them were given (``model_fields_set``)."""
+    given = combined.model_fields_set
+    params = {name: getattr(combined, name) for name in (task_cls.Params.model_fields if task_cls.Params else {})
+              if name in given}
+    options = Options.model_validate({name: getattr(combined, name) for name in Options.model_fields},
+                                     context={"given": given & set(Options.model_fields)})
     return options, params
 
 

@@ -240,7 +240,11 @@ def format_validation_error(error: ValidationError, origins: Mapping[str, str],
 def resolve_options(cli_values: Mapping[str, Any], config_path: str | None = None,
                     env: Mapping[str, str] | None = None, task_defaults: Mapping[str, Any] | None = None,
                     model: type[BaseModel] = Options) -> BaseModel:
-    """Layer the sources and validate; raises :class:`OptionsError` with a one-line message."""
+    """Layer the sources and validate; raises :class:`OptionsError` with a one-line message.
+
+    The options given by the command line, ``--config`` or the environment are the result's ``model_fields_set``;
+    an option not given (also one the task's defaults set) adapts to those given (see ``Options.adapted``).
+    """
     layers: list[tuple[str, Mapping[str, Any]]] = [("the task's defaults", dict(task_defaults or {}))]
     env_map = env_values(os.environ if env is None else env, model)
     env_names = env_vars(model)
@@ -253,8 +257,9 @@ def resolve_options(cli_values: Mapping[str, Any], config_path: str | None = Non
     for source, values in layers:
         merged.update(values)
         origins.update(dict.fromkeys(values, source))
+    given = {name for layer in layers[1:] for name in layer[1]}  # the task's defaults are not "given"
     try:
-        return model.model_validate(merged)
+        return model.model_validate(merged, context={"given": given})
     except ValidationError as exc:
         raise OptionsError(format_validation_error(exc, origins, model)) from None
 

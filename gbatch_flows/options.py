@@ -19,7 +19,9 @@ from pydantic import (
     ConfigDict,
     Field,
     FieldSerializationInfo,
+    PrivateAttr,
     SecretStr,
+    ValidationInfo,
     field_serializer,
     field_validator,
     model_validator,
@@ -78,6 +80,7 @@ class Options(BaseModel):
     """All options of a gbatch_flows run (flag names as in gpt_batch_api)."""
 
     model_config = ConfigDict(extra="forbid", validate_default=True, hide_input_in_errors=True)
+    _adapted: list[str] = PrivateAttr(default_factory=list)
 
     # --- Task and storage
     task_dir: str = _opt("./tasks", "Folder holding the task state: a local path, file://, or s3://bucket/prefix "
@@ -273,55 +276,45 @@ class Options(BaseModel):
     # ------------------------------------------------------------------ cross-field checks
 
     @model_validator(mode="after")
-    def _check_consistency(self) -> Options:
-        problems = list(self._contradictions())
+    def _check_consistency(self, info: ValidationInfo) -> Options:
+        """Adapt the options the user did not give to those they gave, then refuse what still contradicts.
+
+        "Given" = the names in the validation context's ``given`` (set by :func:`~gbatch_flows.cli_args.
+        resolve_options`: CLI, --config, environment; a task's own defaults are not given), else the fields passed
+        to the constructor. Afterwards ``model_fields_set`` is the given set and :attr:`adapted` says what moved.
+        """
+        given = _given_names(info, self.model_fields_set)
+        self._adapted = _adapt_defaults(self, given)
+        if isinstance(info.context, Mapping) and "given" in info.context:
+            self.__pydantic_fields_set__ = set(given) & set(type(self).model_fields)
+        problems = list(self._contradictions(given))
         if problems:
             raise ValueError("; ".join(problems))
         return self
 
-    def _contradictions(self) -> Sequence[str]:
+    @property
+    def adapted(self) -> list[str]:
+        """One note per option the user did not give that was moved to agree with one they gave."""
+        return list(self._adapted)
+
+    def _contradictions(self, given: set[str]) -> Sequence[str]:
+        """What still contradicts after :func:`_adapt_defaults`: only pairs of given options (a default that could
+        not move, e.g. max_batch_cost under ``--max_session_cost 0``, gives way: that budget sends nothing)."""
         problems: list[str] = []
-
-        def _too_big(batch_field: str, limit_field: str, why: str) -> None:
-            batch, limit = getattr(self, batch_field), getattr(self, limit_field)
-            if limit is not None and batch > limit:
-                problems.append(f"{batch_field} ({_num(batch)}) > {limit_field} ({_num(limit)}): {why}; lower "
-                                f"--{batch_field} or raise --{limit_field}")
-
-        never_pushed = "a batch could never be pushed"
-        for unit in ("requests", "mb", "ktokens", "cost"):
-            _too_big(f"max_batch_{unit}", f"max_remote_{unit}", never_pushed)
-        _too_big("max_batch_cost", "max_session_cost", "a full batch could never fit in the session budget")
-        _too_big("max_batch_cost", "max_task_cost", "a full batch could never fit in the task budget")
-
-        if self.opinions_min is not None and self.opinions_max is not None and \
-                self.opinions_min > self.opinions_max:
-            problems.append(f"opinions_min ({self.opinions_min}) > opinions_max ({self.opinions_max}); lower "
-                            f"--opinions_min or raise --opinions_max")
-        if self.poll_interval_min_s > self.poll_interval_max_s:
-            problems.append(f"poll_interval_min_s ({_num(self.poll_interval_min_s)}) > poll_interval_max_s "
-                            f"({_num(self.poll_interval_max_s)}); lower --poll_interval_min_s or raise "
-                            f"--poll_interval_max_s")
-        if self.max_poll_wait_s is not None and self.max_poll_wait_s < self.poll_interval_min_s:
-            problems.append(f"max_poll_wait_s ({_num(self.max_poll_wait_s)}) < poll_interval_min_s "
-                            f"({_num(self.poll_interval_min_s)}): the wait would end before the first poll; "
-                            f"raise --max_poll_wait_s or lower --poll_interval_min_s")
-        if self.only_process:
-            if self.wipe_task:
-                problems.append("--wipe_task with --only_process: wiping the task deletes the batches there "
-                                "would be to process; drop one of the two")
-            if self.wipe_requests:
-                problems.append("--wipe_requests with --only_process: only_process keeps the task as it is; "
-                                "drop one of the two")
-            if self.force_direct:
-                problems.append("--force_direct with --only_process: only_process sends no new requests, "
-                                "force_direct sends them all directly; drop one of the two")
-            if self.direct_finish_requests:
-                problems.append("--direct_finish_requests with --only_process: only_process sends no new "
-                                "requests; set --direct_finish_requests 0 or drop --only_process")
-            if self.no_run:
-                problems.append("--only_process with --no_run: no_run stops before processing anything; "
-                                "drop one of the two")
+        for low, high, why in _ORDERED_PAIRS:
+            low_value, high_value = getattr(self, low), getattr(self, high)
+            if low_value is None or high_value is None or low_value <= high_value or not {low, high} <= given:
+                continue
+            if high in _UPPER_CAPS:
+                problems.append(f"{low} ({_num(low_value)}) > {high} ({_num(high_value)}): {why}; lower --{low} "
+                                f"or raise --{high}")
+            elif high == "max_poll_wait_s":
+                problems.append(f"{high} ({_num(high_value)}) < {low} ({_num(low_value)}): {why}; raise --{high} "
+                                f"or lower --{low}")
+            else:
+                problems.append(f"{low} ({_num(low_value)}) > {high} ({_num(high_value)}); lower --{low} or raise "
+                                f"--{high}")
+        problems += [why for first, second, why in _EXCLUSIVE if why and _on(self, first) and _on(self, second)]
         if self.emulator == "always" and self.client_base_url is not None:
             problems.append(f"--emulator always, but client_base_url is {self.client_base_url!r} (from "
                             f"--client_base_url or the OPENAI_BASE_URL environment variable): the emulator "
@@ -364,6 +357,90 @@ class Options(BaseModel):
     def logging_level(self) -> int:
         """``log_level`` as a :mod:`logging` level number."""
         return logging.getLevelNamesMapping()[self.log_level]
+
+
+_NEVER_PUSHED = "a batch could never be pushed"
+#: (low, high, why): ``low`` must not exceed ``high``, in the order they are adapted (a batch cap falls to a
+#: budget before the remote caps are compared with it).
+_ORDERED_PAIRS: tuple[tuple[str, str, str], ...] = (
+    ("max_batch_cost", "max_task_cost", "a full batch could never fit in the task budget"),
+    ("max_batch_cost", "max_session_cost", "a full batch could never fit in the session budget"),
+    *((f"max_batch_{unit}", f"max_remote_{unit}", _NEVER_PUSHED) for unit in ("requests", "mb", "ktokens", "cost")),
+    ("opinions_min", "opinions_max", ""),
+    ("poll_interval_min_s", "max_poll_wait_s", "the wait would end before the first poll"),
+    ("poll_interval_min_s", "poll_interval_max_s", ""),
+)
+_UPPER_CAPS = {high for _, high, why in _ORDERED_PAIRS if why and high != "max_poll_wait_s"}
+#: Options that cannot both be on: (first, second, the one-line refusal).
+_EXCLUSIVE: tuple[tuple[str, str, str], ...] = (
+    ("wipe_task", "only_process", "--wipe_task with --only_process: wiping the task deletes the batches there "
+     "would be to process; drop one of the two"),
+    ("wipe_requests", "only_process", "--wipe_requests with --only_process: only_process keeps the task as it is; "
+     "drop one of the two"),
+    ("force_direct", "only_process", "--force_direct with --only_process: only_process sends no new requests, "
+     "force_direct sends them all directly; drop one of the two"),
+    ("direct_finish_requests", "only_process", "--direct_finish_requests with --only_process: only_process sends "
+     "no new requests; set --direct_finish_requests 0 or drop --only_process"),
+    ("only_process", "no_run", "--only_process with --no_run: no_run stops before processing anything; drop one "
+     "of the two"),
+    ("emulator", "client_base_url", ""),  # only adapted here; _contradictions words the refusal
+)
+
+
+def _on(model: BaseModel, name: str) -> bool:
+    """Whether an option of an exclusive pair is in use (``emulator``: set to 'always')."""
+    value = getattr(model, name)
+    return value == "always" if name == "emulator" else value is not None and value is not False and value != 0
+
+
+def _given_names(info: ValidationInfo, fields_set: set[str]) -> set[str]:
+    """The options the user gave: the context's ``given`` when validation was told, else the fields passed."""
+    if isinstance(info.context, Mapping) and info.context.get("given") is not None:
+        return set(info.context["given"])
+    return set(fields_set)
+
+
+def _settable(model: BaseModel, name: str, value: Any) -> bool:
+    """Whether ``value`` passes the constraints of field ``name`` (checked on a copy of the field alone)."""
+    field = type(model).model_fields[name]
+    for meta in field.metadata:
+        for attr, ok in (("gt", lambda b: value > b), ("ge", lambda b: value >= b), ("lt", lambda b: value < b),
+                         ("le", lambda b: value <= b)):
+            bound = getattr(meta, attr, None)
+            if bound is not None and not ok(bound):
+                return False
+    return True
+
+
+def _move(model: BaseModel, name: str, value: Any, because: str, notes: list[str]) -> None:
+    """Set a field without marking it as given (``model_fields_set`` stays as it was), and note it."""
+    notes.append(f"{name} {_num(model.__dict__[name])} -> {_num(value)} ({because})")
+    model.__dict__[name] = value
+
+
+def _adapt_defaults(model: BaseModel, given: set[str]) -> list[str]:
+    """Move each option the user did not give so that it agrees with the ones they gave; returns the notes.
+
+    Ordered pairs: a ``low`` that was not given falls to ``high`` (when its constraints allow), else a ``high`` that
+    was not given rises to ``low``. Exclusive flags: the one not given goes back to its default. Two given options
+    are left as they are (the consistency check then refuses them).
+    """
+    notes: list[str] = []
+    fields = type(model).model_fields
+    for low, high, _why in _ORDERED_PAIRS:
+        low_value, high_value = getattr(model, low), getattr(model, high)
+        if low_value is None or high_value is None or low_value <= high_value:
+            continue
+        if low not in given and _settable(model, low, high_value):
+            _move(model, low, high_value, f"not given; --{high} is {_num(high_value)}", notes)
+        elif high not in given:
+            _move(model, high, low_value, f"not given; --{low} is {_num(low_value)}", notes)
+    for first, second, _why in _EXCLUSIVE:
+        if _on(model, first) and _on(model, second):
+            loser = first if first not in given else second if second not in given else None
+            if loser is not None:
+                _move(model, loser, fields[loser].default, "not given; it contradicts an option that was", notes)
+    return notes
 
 
 def _mentions(annotation: Any, target: type) -> bool:

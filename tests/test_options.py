@@ -90,12 +90,13 @@ def test_log_level_is_normalised() -> None:
       "--max_batch_ktokens or raise --max_remote_ktokens")),
     ({"max_batch_requests": 1000, "max_remote_requests": 999}, "lower --max_batch_requests or raise --max_remote_requests"),
     ({"max_batch_mb": 150, "max_remote_mb": 100}, "max_batch_mb (150) > max_remote_mb (100)"),
-    ({"max_batch_cost": 60, "max_session_cost": None}, "max_batch_cost (60) > max_remote_cost (50)"),
+    ({"max_batch_cost": 60, "max_session_cost": None, "max_remote_cost": 50},
+     "max_batch_cost (60) > max_remote_cost (50)"),
     ({"max_batch_cost": 5, "max_session_cost": 2}, "lower --max_batch_cost or raise --max_session_cost"),
     ({"max_batch_cost": 5, "max_task_cost": 1.5}, "max_batch_cost (5) > max_task_cost (1.5)"),
     ({"opinions_min": 4, "opinions_max": 3}, "opinions_min (4) > opinions_max (3)"),
     ({"poll_interval_min_s": 30, "poll_interval_max_s": 10}, "lower --poll_interval_min_s"),
-    ({"max_poll_wait_s": 0.5}, "raise --max_poll_wait_s"),
+    ({"max_poll_wait_s": 0.5, "poll_interval_min_s": 1}, "raise --max_poll_wait_s"),
     ({"wipe_task": True, "only_process": True}, "--wipe_task with --only_process"),
     ({"wipe_requests": True, "only_process": True}, "--wipe_requests with --only_process"),
     ({"force_direct": True, "only_process": True}, "--force_direct with --only_process"),
@@ -117,6 +118,55 @@ def test_equal_limits_are_fine_and_all_problems_are_reported_together() -> None:
         Options(max_batch_mb=150, max_remote_mb=100, opinions_min=5, opinions_max=2)
     message = str(info.value)
     assert "max_remote_mb" in message and "opinions_max" in message
+
+
+@pytest.mark.parametrize("argv,expected", [
+    # the README's "small real sample" and prefect.yaml's base_options: the default batch cost cap falls
+    (["--max_batch_requests", "20", "--max_session_cost", "0.10"], {"max_batch_cost": 0.10, "max_remote_cost": 50}),
+    (["--max_session_cost", "1.0"], {"max_batch_cost": 1.0}),
+    (["--max_task_cost", "0.5", "--max_session_cost", "2"], {"max_batch_cost": 0.5}),
+    # a given batch cap above a default remote cap (or budget): the default rises
+    (["--max_batch_cost", "60"], {"max_remote_cost": 60, "max_session_cost": 60}),
+    (["--max_batch_requests", "30000", "--max_remote_requests", "20000"], "max_remote_requests (20000)"),
+    (["--opinions_max", "2", "--opinions_min", "3"], "opinions_min (3) > opinions_max (2)"),
+    (["--poll_interval_max_s", "0.5"], {"poll_interval_min_s": 0.5}),
+    (["--max_poll_wait_s", "0.2"], {"poll_interval_min_s": 0.2}),
+    (["--poll_interval_min_s", "90"], {"poll_interval_max_s": 90}),
+])
+def test_defaults_adapt_to_given_options_only_two_given_ones_contradict(argv: list[str], expected: object,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from gbatch_flows.cli_args import parse_options
+
+    if isinstance(expected, str):
+        with pytest.raises(SystemExit) as info:
+            parse_options(argv, env={})
+        assert info.value.code == 2 and expected in capsys.readouterr().err
+        return
+    opts = parse_options(argv, env={})
+    for name, value in expected.items():
+        assert getattr(opts, name) == pytest.approx(value), name
+        assert name not in opts.model_fields_set
+    assert {arg[2:] for arg in argv if arg.startswith("--")} == opts.model_fields_set
+    assert any(note.startswith(next(iter(expected))) for note in opts.adapted)
+
+
+def test_task_defaults_and_env_count_as_not_given_and_given() -> None:
+    from gbatch_flows.cli_args import parse_options
+
+    opts = parse_options(["--max_session_cost", "0.5"], env={}, task_defaults={"max_batch_cost": 3.0})
+    assert opts.max_batch_cost == 0.5 and opts.model_fields_set == {"max_session_cost"}
+    with pytest.raises(SystemExit):  # the environment is given: it may contradict the command line
+        parse_options(["--emulator", "always"], env={"OPENAI_BASE_URL": "http://127.0.0.1:9/v1"})
+    opts = parse_options(["--only_process"], env={}, task_defaults={"direct_finish_requests": 5})
+    assert opts.direct_finish_requests == 0 and opts.only_process
+
+
+def test_flow_parameters_validate_with_adapted_defaults() -> None:
+    """The flow validates its options dict: keys present are given (prefect.yaml's base_options)."""
+    opts = Options.model_validate({"max_session_cost": 1.0, "max_batch_requests": 20})
+    assert opts.max_batch_cost == 1.0
+    again = Options.model_validate(opts.public_dict())  # a CLI run hands all values to its flow
+    assert again.max_batch_cost == 1.0 and again.max_session_cost == 1.0
 
 
 def test_api_key_never_shown_unless_revealed() -> None:
