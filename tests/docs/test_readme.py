@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gbatch_flows.testing.docs import documented_commands, normalized
+from gbatch_flows.testing.docs import documented_commands, normalized, split_commands
 
 from .conftest import REPO, background, checkout_copy, doc_env, port_is_free, run
 
@@ -64,17 +64,40 @@ WHERE: dict[str, str] = {
 }
 
 
-def deployment_commands() -> list[str]:
-    return [normalized(c) for c in documented_commands(DEPLOYMENTS)]
+# deployments/README.md: the server end-to-end test reads these from the page and runs each (it checks that too,
+# in test_every_command_of_deployments_readme_ran); listed here so the quick tier notices a change.
+DEPLOYMENT_COMMANDS = [
+    "export PREFECT_SERVER_ANALYTICS_ENABLED=false",
+    "prefect server start --host 127.0.0.1 --port 4200",
+    "export PREFECT_API_URL=http://127.0.0.1:4200/api",
+    "prefect work-pool create local --type process",
+    "prefect --no-prompt deploy --all",
+    "export GBATCH_REPO=/path/to/gbatch_flows",
+    "export OPENAI_API_KEY=sk-...",
+    "prefect worker start --pool local",
+    "prefect deployment run 'char-codes/char-codes'",
+    "prefect deployment run 'char-codes/char-codes' --params '{\"options\": {\"task_dir\": \"tasks/letters\", "
+    "\"no_wandb\": true, \"max_session_cost\": 0.5}, \"params\": {\"char_ranges\": \"0x41-0x5A\"}}' --watch "
+    "--watch-timeout 3600",
+    "prefect flow-run ls --flow-name char-codes --limit 5",
+    "prefect artifact ls",
+    "prefect artifact inspect char-codes-summary",
+]
 
 
 def test_every_documented_command_runs_somewhere() -> None:
     shown = [normalized(c) for c in documented_commands(README)]
     assert sorted(set(shown)) == sorted(WHERE), "README.md's commands and the commands the tests run differ"
-    assert deployment_commands(), "deployments/README.md shows no command?"
-    # deployments/README.md: all of its commands run in the server end-to-end test (it imports them from there).
-    e2e = (REPO / "tests" / "deploy" / "test_server_e2e.py").read_text()
-    assert "documented_commands(DEPLOYMENTS)" in e2e
+    deployments = {normalized(c) for c in documented_commands(DEPLOYMENTS)}
+    assert deployments == set(DEPLOYMENT_COMMANDS), "deployments/README.md changed: check " + E2E
+    e2e = (REPO / "tests" / "deploy" / "conftest.py").read_text()
+    assert "documented_commands(DEPLOYMENTS_README)" in e2e
+
+
+def test_command_extraction() -> None:
+    """Comments go, `\\` and quotes continue a command over lines, a `#` inside quotes stays."""
+    script = "a --x 1   # note\n# only a comment\nb 'c # d' \\\n  --e\nf '{\"g\":\n  1}' # h\n"
+    assert split_commands(script) == ["a --x 1", "b 'c # d'    --e", "f '{\"g\":\n  1}'"]
 
 
 def test_ci_runs_the_quick_start_commands() -> None:
