@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field, field_validator
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
 from gbatch_flows.cli import lazy_flow  # noqa: E402
+from gbatch_flows.endpoints import user_text
 from gbatch_flows.task import Processed, ResponseInvalid, Result, Task
 
 SYSTEM = (
@@ -115,7 +116,7 @@ class CharCodes(Task):
 
 def emulator_answer(body: dict[str, Any], ctx: Any) -> str:
     """The bundled emulator's answer to a char_codes request (valid, deterministic)."""
-    text = next((m.get("content") for m in body.get("messages", []) if m.get("role") == "user"), "") or ""
+    text = user_text(body)  # chat messages or Responses input
     if not text.startswith("Character: "):
         from gbatch_flows.emulator.responders import default_responder
 

@@ -1,7 +1,8 @@
 """Demo task: classify utterances into the MELD emotion classes, with multi-opinion voting.
 
 Each utterance first gets ``opinions_min`` answers (one request with ``n`` choices); while the leading emotion has
-less than ``confidence`` of the votes, follow-up requests ask for more, up to ``opinions_max``.
+less than ``confidence`` of the votes, follow-up requests ask for more, up to ``opinions_max``. On
+``--chat_endpoint /v1/responses`` (no ``n``) every request carries one opinion and follow-ups collect the rest.
 
     python flows/utterance_emotion.py --opinions_min 3 --opinions_max 7 --confidence 0.7
 """
@@ -20,6 +21,7 @@ from pydantic import BaseModel, Field
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
 from gbatch_flows.cli import lazy_flow  # noqa: E402
+from gbatch_flows.endpoints import user_text
 from gbatch_flows.task import Processed, Result, Task
 
 UTTERANCES_FILE = Path(__file__).resolve().parent / "data" / "utterances.jsonl"
@@ -72,6 +74,7 @@ class UtteranceEmotionTask(Task):
     Params = UtteranceParams
 
     def _request(self, key: str, utterance: str, meta: dict[str, Any], n: int, votes: list[str]):
+        n = min(n, self.max_choices(meta) or n)  # /v1/responses: one opinion per request, follow-ups ask for more
         messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": f"Utterance: {utterance}"}]
         return self.chat_request(key, messages, meta, response_model=EmotionAnswer, n=n,
                                  request_meta={"utterance": utterance, "votes": votes})
@@ -109,7 +112,7 @@ LEXICON = {
 
 def emulator_answer(body: dict[str, Any], ctx: Any) -> str:
     """A noisy annotator for the emulator: a keyword guess, replaced by a random emotion in ~25% of answers."""
-    text = next((m.get("content") for m in body.get("messages", []) if m.get("role") == "user"), "") or ""
+    text = user_text(body)  # chat messages or Responses input
     if not text.startswith("Utterance: "):
         from gbatch_flows.emulator.responders import default_responder
 

@@ -133,3 +133,20 @@ def classify_result(line: ResultLine | None) -> tuple[Outcome, str | None]:
         return Outcome.RETRYABLE, "malformed_result"
     reason = f"{line.status_code or ''} {code or ''}".strip() or "error"
     return outcome, reason
+
+
+def make_azure_client(api_key: str | None, azure_endpoint: str, api_version: str | None,
+                      max_retries: int = 5, timeout: float = 600.0, *, asynchronous: bool = False
+                      ) -> openai.AzureOpenAI | openai.AsyncAzureOpenAI:
+    """An Azure OpenAI client (sync for files and batches, async without retries for the direct executor).
+
+    The request bodies' ``model`` is the deployment name: the client sends chat/completions/embeddings calls to
+    ``{azure_endpoint}/openai/deployments/{model}/...?api-version=...`` and files, batches and responses to
+    ``{azure_endpoint}/openai/...``. ``api_key`` None: the client reads AZURE_OPENAI_API_KEY (or an Entra ID token
+    from AZURE_OPENAI_AD_TOKEN); ``api_version`` None: OPENAI_API_VERSION.
+    """
+    args: dict[str, Any] = {"api_key": api_key, "azure_endpoint": azure_endpoint, "api_version": api_version,
+                            "timeout": timeout}
+    if asynchronous:
+        return openai.AsyncAzureOpenAI(max_retries=0, **args)
+    return openai.AzureOpenAI(max_retries=max_retries, **args)

@@ -41,6 +41,7 @@ def split_options(task_cls: type[Task], combined: Options) -> tuple[Options, dic
               if name in given}
     options = Options.model_validate({name: getattr(combined, name) for name in Options.model_fields},
                                      context={"given": given & set(Options.model_fields)})
+    options._adapted = combined.adapted  # the values moved when the command line was read (logged by the run)
     return options, params
 
 
@@ -73,7 +74,8 @@ def main(task_cls: type[Task], argv: list[str] | None = None) -> int:
     setup_logging(options.log_level)
     task = task_cls(params)
     try:
-        if options.no_prefect or options.dryrun:  # a dry run changes nothing: no flow run to record either
+        # a dry run changes nothing and --no_run runs no stage: no flow run to record either
+        if options.no_prefect or options.dryrun or options.no_run:
             from gbatch_flows.runs import run_plain
 
             summary = run_plain(task, options)

@@ -12,12 +12,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
+from gbatch_flows import endpoints
+from gbatch_flows.models import Usage
 from gbatch_flows.prices import ALIASES, BATCH_DISCOUNT, FINE_TUNED_PRICES, MODEL_PRICES, PriceRow
 from gbatch_flows.tokenizing.names import base_model, is_fine_tuned, without_snapshot
 
 Mode = Literal["batch", "direct"]
 MODES = ("batch", "direct")
-EMBEDDINGS_ENDPOINT = "/v1/embeddings"
+EMBEDDINGS_ENDPOINT = endpoints.EMBEDDINGS
 
 # Worst-case completion of a request without max_completion_tokens/max_tokens: this many times its prompt tokens.
 DEFAULT_COMPLETION_RATIO = 1.0
@@ -166,28 +168,56 @@ def max_output_tokens(
 ) -> int:
     """Worst-case completion tokens of one request (reasoning tokens included, as the API bills them).
 
-    Rule: the payload's limit (``max_completion_tokens``, else ``max_tokens``, else ``max_output_tokens`` for
-    ``/v1/responses``) if set, else ``ceil(prompt_tokens * completion_ratio)``; either way times ``n`` (choices,
-    default 1). Embeddings (``endpoint="/v1/embeddings"``, or a ``text-embedding-*`` model when no endpoint is given)
-    produce no completion: 0.
+    Rule, per choice: the payload's limit if set (chat: ``max_completion_tokens``, else ``max_tokens``; responses:
+    ``max_output_tokens``; completions: ``max_tokens``, default 16 as in the API), else
+    ``ceil(prompt_tokens * completion_ratio)``. Times the choices: chat ``n``; completions ``max(n, best_of)`` (the
+    API bills every ``best_of`` candidate) for each prompt of a list of prompts. Embeddings and moderations produce
+    no output: 0. Without ``endpoint`` (older callers) the chat rule applies, with 0 for ``text-embedding-*``
+    models.
     """
     if completion_ratio < 0 or not math.isfinite(completion_ratio):
         raise ValueError(f"completion_ratio must be a finite number >= 0, got {completion_ratio!r}")
     model = payload.get("model")
-    if endpoint == EMBEDDINGS_ENDPOINT or (
-        endpoint is None and isinstance(model, str) and base_model(model).startswith("text-embedding-")
-    ):
+    if endpoint is None:
+        if isinstance(model, str) and base_model(model).startswith("text-embedding-"):
+            return 0
+        spec = endpoints.spec(endpoints.CHAT)
+        limit_fields: tuple[str, ...] = (*spec.limit_fields, "max_output_tokens")
+    else:
+        spec = endpoints.spec(endpoint)
+        limit_fields = spec.limit_fields
+    if not spec.output:
         return 0
-    choices = _positive_int(payload, "n") or 1
-    limit = (
-        _positive_int(payload, "max_completion_tokens")
-        or _positive_int(payload, "max_tokens")
-        or _positive_int(payload, "max_output_tokens")
-    )
+    choices = (_positive_int(payload, spec.choices_field) or 1) if spec.choices_field else 1
+    limit = None
+    for name in limit_fields:
+        limit = _positive_int(payload, name)
+        if limit is not None:
+            break
+    if spec.path == endpoints.COMPLETIONS:
+        choices = max(choices, _positive_int(payload, "best_of") or 1) * _prompt_count(payload.get("prompt"))
+        limit = limit or spec.default_limit
     if limit is None:
         # round() first so float noise (100 * 0.07 = 7.000000000000001) cannot add a token
         limit = math.ceil(round(prompt_tokens * completion_ratio, 6))
     return limit * choices
+
+
+def _prompt_count(prompt: Any) -> int:
+    """Prompts in a completions ``prompt``: a string or a token list is one, a list of either is one each."""
+    if isinstance(prompt, list) and prompt and not all(type(t) is int for t in prompt):
+        return len(prompt)
+    return 1
+
+
+def is_free(endpoint: str) -> bool:
+    """Whether ``endpoint`` is billed at 0 whatever the token counts (moderations)."""
+    return endpoints.is_supported(endpoint) and endpoints.spec(endpoint).free
+
+
+def endpoint_prices(prices: Prices, endpoint: str | None) -> Prices:
+    """``prices``, or zero prices for an endpoint that is free (moderations), whatever the flags say."""
+    return ZERO_PRICES if endpoint is not None and is_free(endpoint) else prices
 
 
 def _check_mode(mode: str) -> None:
@@ -203,33 +233,24 @@ def worst_case_cost(prompt_tokens: int, output_tokens: int, prices: Prices, mode
     return (prompt_tokens * prices.input_direct + output_tokens * prices.output_direct) / 1e6
 
 
-def _usage_int(usage: Mapping[str, Any], *keys: str) -> int:
-    for key in keys:
-        value = usage.get(key)
-        if value is not None:
-            if type(value) is not int or value < 0:
-                raise ValueError(f"usage field {key!r} must be a non-negative integer, got {value!r}")
-            return value
-    return 0
-
-
 def actual_cost(usage: Mapping[str, Any], prices: Prices, mode: Mode) -> float:
-    """USD of a finished request from its ``usage`` (chat/embeddings or responses field names).
+    """USD of a finished request from its ``usage`` object (chat/completions/embeddings or responses field names,
+    read by :func:`gbatch_flows.endpoints.read_usage`); see :func:`usage_cost`."""
+    _check_mode(mode)
+    return usage_cost(endpoints.read_usage(usage), prices, mode)
 
-    Cached prompt tokens (``prompt_tokens_details.cached_tokens``) cost ``input_cached`` in direct mode and half of
-    it in batch mode (the batch discount applies on top of the caching discount); the other prompt tokens cost
-    ``input_direct`` / ``input_batch``. Reasoning tokens are already inside ``completion_tokens``.
+
+def usage_cost(usage: Usage, prices: Prices, mode: Mode) -> float:
+    """USD of normalised token usage.
+
+    Cached prompt tokens cost ``input_cached`` in direct mode and half of it in batch mode (the batch discount
+    applies on top of the caching discount); the other prompt tokens cost ``input_direct`` / ``input_batch``.
+    Reasoning tokens are already inside the completion (output) tokens.
     """
     _check_mode(mode)
-    if not isinstance(usage, Mapping):
-        raise TypeError(f"usage must be an object, got {type(usage).__name__}")
-    prompt = _usage_int(usage, "prompt_tokens", "input_tokens")
-    completion = _usage_int(usage, "completion_tokens", "output_tokens")
-    details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
-    if not isinstance(details, Mapping):
-        raise TypeError(f"usage prompt_tokens_details must be an object, got {type(details).__name__}")
-    cached = min(_usage_int(details, "cached_tokens"), prompt)
-    uncached = prompt - cached
+    cached = min(usage.cached_tokens, usage.prompt_tokens)
+    uncached = usage.prompt_tokens - cached
+    completion = usage.completion_tokens
     if mode == "batch":
         cost = uncached * prices.input_batch + cached * prices.input_cached * BATCH_DISCOUNT
         return (cost + completion * prices.output_batch) / 1e6

@@ -334,7 +334,7 @@ def run_flow(task_obj: Task, options: Options, session_id: str | None = None) ->
     key = options.api_key()
     if key:
         os.environ["OPENAI_API_KEY"] = key  # the flow reads it from the environment, never from parameters
-    params = task_obj.params.model_dump(mode="json") if task_obj.params is not None else {}
+    params = task_obj.params.model_dump(mode="json", exclude_unset=True) if task_obj.params is not None else {}
     session = session_id or uuid.uuid4().hex[:12]
     parameters = flow_parameters(options, params)
     if parameters["options"]["storage_options"] != options.storage_options:

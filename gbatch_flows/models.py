@@ -159,6 +159,8 @@ class BatchRecord(_Model):
     outcomes: Outcomes = Field(default_factory=Outcomes)
     usage: Usage = Field(default_factory=Usage)
     cost: float = 0.0
+    completion: dict[str, Any] = Field(default_factory=dict)  # observed completion tokens (status.CompletionStats)
+    cancel_requested_at: float | None = None  # --wipe_requests cancelled the remote batch at this time
     passed: bool | None = None
     created_at: float
     pushed_at: float | None = None

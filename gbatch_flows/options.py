@@ -48,7 +48,7 @@ G_BUDGET = "Session and task budgets"
 G_RETRY = "Failures and retries"
 G_PACK = "Packing and polling"
 G_ACTIONS = "Maintenance actions"
-G_META = "Task meta overrides (unset = the task's own default)"
+G_META = "Task meta (fixed at task creation; unset = the stored value, or the task's default for a new task)"
 G_COST = "Price overrides (USD per million tokens; unset = built-in price table)"
 G_LOG = "Logging"
 GROUPS = (G_TASK, G_API, G_WANDB, G_RUN, G_BATCH, G_REMOTE, G_BUDGET, G_RETRY, G_PACK, G_ACTIONS, G_META,
@@ -89,6 +89,11 @@ class Options(BaseModel):
                                            "(e.g. '{\"endpoint_url\": \"http://127.0.0.1:9000\"}'). Prefer "
                                            "environment credentials over keys here.", G_TASK)
 
+    quota_dir: str | None = _opt(None, "Shared quota ledger (a local path or s3://bucket/prefix) that every task "
+                                 "using it reserves in before a push: one enqueued-token limit and one daily/monthly "
+                                 "budget per model for many tasks and workers (set it up with `python -m "
+                                 "gbatch_flows.quota set`).", G_TASK, min_length=1)
+
     # --- API and endpoint
     model: str | None = _opt(None, "Model to use instead of the task's default model.", G_API, min_length=1)
     client_base_url: str | None = _opt(None, "Base URL of an OpenAI-compatible server (e.g. "
@@ -104,6 +109,25 @@ class Options(BaseModel):
     emulator: Literal["auto", "always", "never"] = _opt(
         "auto", "Bundled OpenAI emulator: 'auto' starts it when there is neither an API key nor a base URL, "
         "'always' always uses it, 'never' never does.", G_API)
+
+    # --- Azure OpenAI (endpoint, api-version, key; the request's model is the deployment name)
+    azure_endpoint: str | None = _opt(None, "Azure OpenAI resource endpoint, e.g. https://my-resource.openai.azure.com "
+                                      "(set = use Azure OpenAI: --model names a deployment).", G_API,
+                                      env="AZURE_OPENAI_ENDPOINT")
+    azure_api_version: str | None = _opt(None, "Azure OpenAI api-version, e.g. 2025-03-01-preview (unset = "
+                                         "OPENAI_API_VERSION).", G_API, env="OPENAI_API_VERSION")
+    azure_api_key: SecretStr | None = _opt(None, "Azure OpenAI API key (prefer the environment variable).",
+                                           G_API, env="AZURE_OPENAI_API_KEY")
+    azure_price_model: str | None = _opt(None, "Price an Azure deployment as this OpenAI model (unset = the "
+                                         "deployment name is looked up in the price table).", G_API)
+
+    @field_validator("azure_api_key")
+    @classmethod
+    def _no_masked_azure_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value() in (SECRET_MASK, ""):
+            raise ValueError("azure_api_key is empty or the masked placeholder '**********'; pass the key through "
+                             "the AZURE_OPENAI_API_KEY environment variable instead")
+        return value
 
     # --- Weights & Biases
     no_wandb: bool = _opt(False, "Do not log to Weights & Biases (log to the console only).", G_WANDB)
@@ -141,7 +165,8 @@ class Options(BaseModel):
                                      ge=1)
 
     # --- Remote queue
-    max_remote_batches: int = _opt(15, "Maximum batches pending on the remote at once.", G_REMOTE, ge=1)
+    max_remote_batches: int = _opt(15, "Maximum batches pending on the remote at once (0 = assemble batches "
+                                   "locally and push none).", G_REMOTE, ge=0)
     max_remote_requests: int = _opt(5_000_000, "Maximum requests in the batches pending on the remote.",
                                     G_REMOTE, ge=1)
     max_remote_mb: float = _opt(10_000.0, "Maximum total size in MB of the batches pending on the remote.",
@@ -194,10 +219,13 @@ class Options(BaseModel):
     # --- Maintenance actions
     only_process: bool = _opt(False, "Only wait for and process the batches already pushed: generate and "
                               "push nothing new.", G_ACTIONS)
-    no_run: bool = _opt(False, "Do the requested wipes / re-initialisation, then stop without running the "
-                        "task.", G_ACTIONS)
-    reinit_meta: bool = _opt(False, "Re-initialise the task's stored meta (model, temperature, ...) from the "
-                             "current options.", G_ACTIONS)
+    no_run: bool = _opt(False, "Do the requested wipes / re-initialisation, print the task status (requests, "
+                        "batches, spend, what remains and its estimated cost), then stop without running the task.",
+                        G_ACTIONS)
+    reinit_meta: bool = _opt(False, "Re-initialise the task's stored meta (model, temperature, task parameters, "
+                             "...) from the current options: as in the original, ALL of it (a meta flag not given "
+                             "returns to the task's default); new samples a wider parameter yields are generated.",
+                             G_ACTIONS)
     wipe_requests: bool = _opt(False, "Delete the generated requests and unpushed batches (keeps results and "
                                "outputs).", G_ACTIONS)
     wipe_failed: bool = _opt(False, "Forget the failed requests so they are generated and sent again.",

@@ -31,6 +31,15 @@ MODEL_PRICES: dict[str, PriceRow] = {
     "text-embedding-3-small": (0.02, None, 0.0),
     "text-embedding-3-large": (0.13, None, 0.0),
     "text-embedding-ada-002": (0.10, None, 0.0),
+    # legacy /v1/completions models
+    "gpt-3.5-turbo-instruct": (1.50, None, 2.00),
+    "davinci-002": (2.00, None, 2.00),
+    "babbage-002": (0.40, None, 0.40),
+    # /v1/moderations is free (its responses carry no usage; costs.endpoint_prices also zeroes any flag)
+    "omni-moderation-latest": (0.0, None, 0.0),
+    "omni-moderation": (0.0, None, 0.0),  # dated snapshots, e.g. omni-moderation-2024-09-26
+    "text-moderation-latest": (0.0, None, 0.0),
+    "text-moderation-stable": (0.0, None, 0.0),
 }
 
 # Other names of the same models.

@@ -6,16 +6,16 @@ import time
 from typing import Any
 
 from gbatch_flows import monitor as m
+from gbatch_flows import status
 from gbatch_flows.engine.state import TaskState
 
 
 def metrics(state: TaskState, session_id: str) -> dict[str, Any]:
+    """Done = answered or failed for good; total = done + queued + in batches (right after any wipe or reinit)."""
     processed = state.batches_in("processed")
-    followups = sum(b.outcomes.followups for b in processed)
-    total = (state.task.generated_requests if state.task else 0) + followups
-    ok = sum(b.outcomes.ok for b in processed)
-    failed = sum(b.outcomes.failed for b in processed)
-    done = ok + failed
+    requests = status.request_counts(state)
+    total, failed = requests.total, requests.failed
+    done = requests.done + failed
     session = state.session(session_id)
     return {
         m.REQUESTS_TOTAL: total,
@@ -74,7 +74,9 @@ def summary_line(state: TaskState, session_id: str) -> str:
     return (
         f"{figures[m.REQUESTS_DONE]}/{figures[m.REQUESTS_TOTAL]} requests done ({figures[m.REQUESTS_FAILED]} failed), "
         f"{figures[m.TOKENS_INPUT]} input + {figures[m.TOKENS_OUTPUT]} output tokens, "
-        f"session ${figures[m.COST_SESSION]:.4f}, task ${figures[m.COST_TASK]:.4f}"
+        f"session ${figures[m.COST_SESSION]:.4f}, task ${figures[m.COST_TASK]:.4f}; "
+        + status.tuning_line(status.CompletionStats.of_batches(state.batches_in("processed")),
+                             state.task.meta if state.task else {})
     )
 
 

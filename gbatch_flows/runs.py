@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from gbatch_flows import reporting
+from gbatch_flows import reporting, status
 from gbatch_flows.engine.context import Engine
 from gbatch_flows.engine.output import write_output
 from gbatch_flows.engine.runner import RunSummary, counts, run_engine
@@ -69,9 +69,12 @@ def run_plain(task: Task, options: Options, session_id: str | None = None,
         with open_engine(task, options, session_id, base_url=base_url, api_key=key, local_server=local) as engine:
             if on_commit:
                 engine.on_commit.append(on_commit)
+            for note in options.adapted:
+                log.info("option adapted: %s", note)
             prepare(engine, task)
             if options.no_run:
                 state = engine.refresh()
+                print("\n".join(status.status_lines(engine)), flush=True)
                 return RunSummary("stopped", "no_run: maintenance done, nothing run", state.generation, counts(state))
             monitor = make_monitor(options)
             monitor.start({"task": task.name, "session": engine.session_id, "task_dir": engine.store.url})
@@ -94,6 +97,7 @@ def run_plain(task: Task, options: Options, session_id: str | None = None,
                 log.info("output: %d records in %s", n, url)
                 log.info("%s: %s. %s", summary.status, summary.reason,
                          reporting.summary_line(engine.state, engine.session_id))
+                print("\n".join(status.status_lines(engine)), flush=True)
                 return summary
             finally:
                 bar.close()

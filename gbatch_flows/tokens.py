@@ -7,7 +7,9 @@ Usage::
     est.estimate("/v1/chat/completions", {"model": "gpt-4o", "messages": [...]}).total
     est.count_text("some completion", "gpt-4o")
 
-Endpoints: ``/v1/chat/completions``, ``/v1/embeddings``, ``/v1/responses``. The counting rules are documented where
+Endpoints: ``/v1/chat/completions``, ``/v1/embeddings``, ``/v1/responses``, ``/v1/completions`` (``prompt`` and
+``suffix`` text, no chat format) and ``/v1/moderations`` (the text of ``input``; image inputs count 0, the endpoint
+is free and only token-rate limits see the count). The counting rules are documented where
 they are implemented: ``tokenizing/chat.py`` (messages), ``tokenizing/tools.py`` (tools and schemas),
 ``tokenizing/images.py`` (images), ``tokenizing/encodings.py`` (encodings and model names). A payload the estimator
 cannot count raises :class:`EstimateError` (a ``ValueError``) naming the field and the request's custom_id; it never
@@ -52,7 +54,9 @@ log = logging.getLogger("gbatch_flows.tokens")
 CHAT = "/v1/chat/completions"
 EMBEDDINGS = "/v1/embeddings"
 RESPONSES = "/v1/responses"
-ENDPOINTS = (CHAT, EMBEDDINGS, RESPONSES)
+COMPLETIONS = "/v1/completions"
+MODERATIONS = "/v1/moderations"
+ENDPOINTS = (CHAT, EMBEDDINGS, RESPONSES, COMPLETIONS, MODERATIONS)
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,8 @@ class TokenEstimator:
             CHAT: self._chat,
             EMBEDDINGS: self._embeddings,
             RESPONSES: self._responses,
+            COMPLETIONS: self._completions,
+            MODERATIONS: self._moderations,
         }
 
     # -- models and encodings -----------------------------------------------------------------------------------
@@ -305,6 +311,37 @@ class TokenEstimator:
     def _embeddings(self, payload: dict[str, Any]) -> TokenBreakdown:
         ctx = self._context(payload.get("model"))  # type: ignore[arg-type]
         return TokenBreakdown.of(text=embedding_input_tokens(payload.get("input"), ctx.counter))
+
+    def _completions(self, payload: dict[str, Any]) -> TokenBreakdown:
+        """Legacy completions: the prompt(s) as plain text or token ids, plus ``suffix``; no chat format."""
+        ctx = self._context(payload.get("model"))  # type: ignore[arg-type]
+        if "prompt" not in payload:
+            raise EstimateError("prompt", "missing")
+        text = embedding_input_tokens(payload["prompt"], ctx.counter, field="prompt")
+        suffix = payload.get("suffix")
+        if suffix is not None:
+            if not isinstance(suffix, str):
+                raise EstimateError("suffix", f"expected a string, got {type(suffix).__name__}")
+            text += ctx.count(suffix)
+        return TokenBreakdown.of(text=text)
+
+    def _moderations(self, payload: dict[str, Any]) -> TokenBreakdown:
+        """Moderations: a string, a list of strings, or a list of ``text`` / ``image_url`` parts (images: 0)."""
+        model = payload.get("model") or "omni-moderation-latest"
+        ctx = self._context(model)
+        value = payload.get("input")
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            texts = []
+            for i, part in enumerate(value):
+                kind = part.get("type")
+                if kind == "text":
+                    if not isinstance(part.get("text"), str):
+                        raise EstimateError(f"input[{i}].text", "expected a string")
+                    texts.append(part["text"])
+                elif kind != "image_url":
+                    raise EstimateError(f"input[{i}].type", f"expected 'text' or 'image_url', got {kind!r}")
+            return TokenBreakdown.of(text=sum(ctx.count(t) for t in texts))
+        return TokenBreakdown.of(text=embedding_input_tokens(value, ctx.counter))
 
 
 def _is_int(value: Any) -> bool:

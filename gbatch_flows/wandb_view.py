@@ -1,9 +1,11 @@
 """Create a saved W&B workspace view for gbatch_flows runs.
 
-    python -m gbatch_flows.wandb_view --project P [--entity E] [--name NAME] [--dry-run]
+    python -m gbatch_flows.wandb_view [--dst_entity E] [--dst_project P] [--name NAME] [--dry-run]
 
-The view is first built as plain data (:func:`build_view_spec`, no wandb needed); it is applied through the
-``wandb_workspaces`` package (``pip install "wandb[workspaces]"``) only when that package is installed.
+``--dst_entity`` / ``--dst_project`` are the original ``gpt_batch_api.wandb_configure_view`` flags (``--entity`` /
+``--project`` work too); the project defaults to the one runs log to (``--wandb_project``'s default). The view is
+first built as plain data (:func:`build_view_spec`, no wandb needed); it is applied through the ``wandb_workspaces``
+package (``pip install "gbatch_flows[wandb_view]"``) only when that package is installed.
 """
 
 from __future__ import annotations
@@ -17,10 +19,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from gbatch_flows import monitor as m
+from gbatch_flows.options import Options
 
 DEFAULT_VIEW_NAME = "gbatch_flows overview"
+#: The project runs log to unless --wandb_project says otherwise (the Options default).
+DEFAULT_PROJECT: str = Options.model_fields["wandb_project"].default
 PANEL_TYPES = ("line", "bar", "scalar")
-_INSTALL_HINT = 'pip install "wandb[workspaces]"'
+_INSTALL_HINT = 'pip install "gbatch_flows[wandb_view]"` (or `pip install "wandb[workspaces]"'
 
 
 def _line(title: str, *metrics: str) -> dict[str, Any]:
@@ -107,8 +112,10 @@ def _default_entity() -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gbatch_flows.wandb_view",
                                      description="Create a saved W&B workspace view for gbatch_flows runs.")
-    parser.add_argument("--project", required=True, help="W&B project holding the runs.")
-    parser.add_argument("--entity", default=None, help="W&B entity (default: your default entity).")
+    parser.add_argument("--dst_project", "--project", dest="project", default=DEFAULT_PROJECT,
+                        help=f"W&B project holding the runs (default: {DEFAULT_PROJECT}, where runs log by default).")
+    parser.add_argument("--dst_entity", "--entity", dest="entity", default=None,
+                        help="W&B entity (user or team; default: your default entity).")
     parser.add_argument("--name", default=DEFAULT_VIEW_NAME, help="Name of the saved view.")
     parser.add_argument("--dry-run", action="store_true", help="Print the view as JSON; change nothing.")
     args = parser.parse_args(argv)
@@ -128,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if spec["entity"] is None:
         spec["entity"] = _default_entity()
         if not spec["entity"]:
-            print("error: could not find your default W&B entity; pass --entity.", file=sys.stderr)
+            print("error: could not find your default W&B entity; pass --dst_entity.", file=sys.stderr)
             return 1
     try:
         url = apply_view_spec(spec)

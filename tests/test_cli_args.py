@@ -79,7 +79,7 @@ def _to_argv(values: dict[str, Any]) -> list[str]:
 
 def test_every_flag_round_trips_a_non_default_value() -> None:
     wanted = {
-        "task_dir": "s3://bucket/prefix", "storage_options": {"anon": True, "client_kwargs": {"x": 1}},
+        "task_dir": "s3://bucket/prefix", "storage_options": {"anon": True, "client_kwargs": {"x": 1}}, "quota_dir": "s3://bucket/quota",
         "model": "gpt-4.1-nano", "client_base_url": "http://127.0.0.1:9/v1", "chat_endpoint": "/v1/other",
         "openai_api_key": DUMMY_KEY, "openai_organization": "org-1", "openai_project": "proj-1",
         "emulator": "never", "no_wandb": True, "wandb_project": "p2", "wandb_name": "n", "wandb_run_id": "r1",
@@ -98,11 +98,13 @@ def test_every_flag_round_trips_a_non_default_value() -> None:
         "opinions_min": 2, "opinions_max": 5, "confidence": 0.75, "cost_input_direct_mtoken": 0.15,
         "cost_input_cached_mtoken": 0.075, "cost_input_batch_mtoken": 0.075, "cost_output_direct_mtoken": 0.6,
         "cost_output_batch_mtoken": 0.3, "log_level": "DEBUG",
+        "azure_endpoint": "https://example-resource.openai.azure.com", "azure_api_version": "2025-03-01-preview",
+        "azure_api_key": "azure-test-dummy-key", "azure_price_model": "gpt-4o",
     }
     assert set(wanted) == set(Options.model_fields)
     opts = parse_options(_to_argv(wanted), env={})
     for name, value in wanted.items():
-        got = opts.api_key() if name in secret_fields(Options) else getattr(opts, name)
+        got = getattr(opts, name).get_secret_value() if name in secret_fields(Options) else getattr(opts, name)
         assert got == value, name
 
 
@@ -193,3 +195,26 @@ def test_task_defaults_with_unknown_key_is_a_programming_error() -> None:
 def test_resolve_options_raises_instead_of_exiting() -> None:
     with pytest.raises(OptionsError, match="opinions_min"):
         resolve_options({"opinions_min": 3, "opinions_max": 2}, env={})
+
+
+def test_split_options_keeps_what_was_given_and_what_adapted() -> None:
+    """The task's command line: the run's Options know which flags were given and which defaults moved."""
+    from pydantic import BaseModel
+
+    from gbatch_flows.cli import options_model, split_options
+    from gbatch_flows.task import Task
+
+    class P(BaseModel):
+        size: int = 3
+
+    class T(Task):
+        name = "t"
+        Params = P
+
+    combined = parse_options(["--max_session_cost", "0.1", "--size", "4"], env={}, model=options_model(T))
+    options, params = split_options(T, combined)
+    assert params == {"size": 4}
+    assert options.model_fields_set == {"max_session_cost"} and options.max_batch_cost == 0.1
+    assert [note.split()[0] for note in options.adapted] == ["max_batch_cost"]
+    _, params = split_options(T, parse_options([], env={}, model=options_model(T)))
+    assert params == {}  # not given: the stored value (or the task's default) is used

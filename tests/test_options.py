@@ -15,7 +15,7 @@ from gbatch_flows.options import SECRET_MASK, Options, env_vars, redact_mapping,
 DUMMY_KEY = "sk-test-dummy-0123456789-XYZZY"
 
 EXPECTED_DEFAULTS = {
-    "task_dir": "./tasks", "storage_options": {}, "model": None, "client_base_url": None,
+    "task_dir": "./tasks", "storage_options": {}, "quota_dir": None, "model": None, "client_base_url": None,
     "chat_endpoint": "/v1/chat/completions", "openai_api_key": None, "openai_organization": None,
     "openai_project": None, "emulator": "auto", "no_wandb": False, "wandb_project": "gbatch_flows",
     "wandb_name": None, "wandb_run_id": None, "wandb_entity": None, "dryrun": False, "force_direct": False,
@@ -33,6 +33,8 @@ EXPECTED_DEFAULTS = {
     "opinions_min": None, "opinions_max": None, "confidence": None, "cost_input_direct_mtoken": None,
     "cost_input_cached_mtoken": None, "cost_input_batch_mtoken": None, "cost_output_direct_mtoken": None,
     "cost_output_batch_mtoken": None, "log_level": "INFO",
+    # Azure OpenAI (issue 18)
+    "azure_endpoint": None, "azure_api_version": None, "azure_api_key": None, "azure_price_model": None,
 }
 
 
@@ -213,11 +215,12 @@ def test_storage_credentials_redacted_in_logs_but_usable() -> None:
 
 
 def test_metadata_helpers() -> None:
-    assert secret_fields(Options) == ["openai_api_key"]
+    assert secret_fields(Options) == ["openai_api_key", "azure_api_key"]
     assert env_vars(Options) == {
         "client_base_url": "OPENAI_BASE_URL", "chat_endpoint": "OPENAI_ENDPOINT",
         "openai_api_key": "OPENAI_API_KEY", "openai_organization": "OPENAI_ORG_ID",
-        "openai_project": "OPENAI_PROJECT_ID"}
+        "openai_project": "OPENAI_PROJECT_ID", "azure_endpoint": "AZURE_OPENAI_ENDPOINT",
+        "azure_api_version": "OPENAI_API_VERSION", "azure_api_key": "AZURE_OPENAI_API_KEY"}
     assert typing.get_args(Options.model_fields["openai_api_key"].annotation)[0] is SecretStr
 
 

@@ -305,7 +305,7 @@ def test_embeddings_inputs(est: TokenEstimator, value: Any, expected: Any) -> No
 @pytest.mark.parametrize(
     ("endpoint", "payload", "field"),
     [
-        ("/v1/completions", {"model": "gpt-4o", "prompt": "x"}, "endpoint"),
+        ("/v1/images/generations", {"model": "gpt-image-1", "prompt": "x"}, "endpoint"),
         (CHAT, {"messages": [{"role": "user", "content": "x"}]}, "model"),
         (CHAT, {"model": "gpt-4o", "messages": []}, "messages"),
         (CHAT, {"model": "gpt-4o", "messages": "hello"}, "messages"),

@@ -105,3 +105,27 @@ def test_module_runs_as_a_command_without_importing_wandb() -> None:
                             check=False)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["project"] == "P"
+
+
+def test_original_dst_flags_and_default_project(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--dst_entity`` / ``--dst_project`` as in gpt_batch_api's wandb_configure_view; the project defaults to the
+    one runs log to (the --wandb_project default)."""
+    from gbatch_flows.options import Options
+
+    assert wv.main(["--dst_entity", "E", "--dry-run"]) == 0
+    spec = json.loads(capsys.readouterr().out)
+    assert (spec["entity"], spec["project"]) == ("E", Options().wandb_project)
+    assert wv.main(["--dst_entity", "E", "--dst_project", "Q", "--dry-run"]) == 0
+    assert json.loads(capsys.readouterr().out)["project"] == "Q"
+
+
+def test_extra_installs_the_workspace_api_and_version_exists() -> None:
+    import tomllib
+    from pathlib import Path
+
+    import gbatch_flows
+
+    pyproject = tomllib.loads((Path(gbatch_flows.__file__).parent.parent / "pyproject.toml").read_text())
+    assert any(req.startswith("wandb-workspaces") for req in pyproject["project"]["optional-dependencies"]["wandb_view"])
+    assert gbatch_flows.__version__ == pyproject["project"]["version"]
+    assert "gbatch_flows[wandb_view]" in wv._INSTALL_HINT

@@ -1,4 +1,5 @@
-"""OpenAI-compatible emulator: files, batches, chat completions, embeddings and models, shaped like the real API.
+"""OpenAI-compatible emulator: files, batches, chat completions, responses, embeddings, completions, moderations and
+models, shaped like the real API (optionally also under Azure OpenAI's paths).
 
 In process::
 

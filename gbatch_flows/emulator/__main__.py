@@ -100,6 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="enqueued-token limit for one model (repeatable)")
     add("--rpm", type=int, help="requests per minute per model on direct endpoints (default: unlimited)")
     add("--tpm", type=int, help="tokens per minute per model on direct endpoints (default: unlimited)")
+    add("--rate-limit-burst-seconds", type=float, metavar="SECONDS",
+        help="rpm/tpm buckets hold this many seconds of the per-minute allowance (default 1: a burst gets 429s; "
+             "60: a whole minute's worth at once)")
+    add("--azure", action="store_true",
+        help="also serve Azure OpenAI paths: /openai/deployments/{deployment}/chat/completions, /openai/files, "
+             "/openai/batches... (api-version query parameter required, api-key header)")
+    add("--azure-deployments", metavar="NAME,NAME",
+        help="Azure mode: the deployment names that exist (default: any name)")
     add("--state-dir", type=Path, help="keep files and batches in this folder across restarts (default: memory)")
     add("--models", help="comma-separated model ids listed by /v1/models")
     add("--strict-models", action="store_true", help="answer 404 model_not_found for models not listed")
@@ -142,6 +150,8 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         data["faults"] = faults
     if "models" in options:
         data["models"] = [m.strip() for m in options.pop("models").split(",") if m.strip()]
+    if "azure_deployments" in options:
+        data["azure_deployments"] = [d.strip() for d in options.pop("azure_deployments").split(",") if d.strip()]
     if "model_token_limit" in options:
         data["enqueued_token_limits"] = _pairs(options.pop("model_token_limit"), "--model-token-limit", int)
     if "responder" in options:

@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .azure import AzureMiddleware
 from .config import EmulatorConfig
 from .errors import ApiError, error_body
 from .middleware import EmulatorMiddleware
@@ -61,4 +62,5 @@ def create_app(config: EmulatorConfig | Emulator | None = None) -> FastAPI:
                             status_code=500)
 
     app.add_middleware(EmulatorMiddleware, emulator=emulator)
+    app.add_middleware(AzureMiddleware, emulator=emulator)  # outermost: maps /openai/... onto /v1/...
     return app

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import jsonutil
+from .moderations import DEFAULT_MODEL as DEFAULT_MODERATION_MODEL
 
 MAX_ERRORS = 100
 
@@ -51,6 +52,7 @@ def validate_batch_input(
     count_prompt: Callable[[str, dict[str, Any]], int],
     known_model: Callable[[str], bool] = lambda model: True,
     should_stop: Callable[[], bool] = lambda: False,
+    canonical_url: Callable[[str], str] = lambda url: url,
 ) -> InputSummary:
     """Check every line; the summary's `errors` is empty when the batch may run."""
     summary = InputSummary()
@@ -97,7 +99,7 @@ def validate_batch_input(
             add(batch_error("invalid_method", f"Invalid method {method!r}: batch requests must use 'POST'.",
                             "method", number))
         url = item.get("url")
-        if url != endpoint:
+        if not isinstance(url, str) or canonical_url(url) != endpoint:
             add(batch_error("url_mismatch",
                             f"The provided URL {url!r} does not match the batch endpoint '{endpoint}'. All requests "
                             "in a batch must use the batch's endpoint.", "url", number))
@@ -106,7 +108,7 @@ def validate_batch_input(
             add(batch_error("missing_required_parameter", "Missing required parameter: 'body' (a JSON object).",
                             "body", number))
             continue
-        model = body.get("model")
+        model = body.get("model", DEFAULT_MODERATION_MODEL if endpoint == "/v1/moderations" else None)
         if not isinstance(model, str) or not model:
             add(batch_error("missing_required_parameter", "Missing required parameter: 'body.model'.",
                             "body.model", number))

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from .batch_input import InputSummary, batch_error, parse_line, validate_batch_input
 from .errors import error_body
+from .executor import ID_LENGTHS, ID_PREFIXES, usage_counts
 from .ids import derived_id
 from .jsonutil import dumps_line
 from .state import BatchRecord, FileWriter
@@ -126,12 +127,13 @@ class BatchRunner(threading.Thread):
                 "maximum. Split it into smaller batches.", "input_file_id")])
         summary = validate_batch_input(
             self._all_lines(),
-            batch.endpoint,
+            service.canonical_endpoint(batch.endpoint),
             max_requests=config.max_requests_per_batch,
             max_embedding_inputs=config.max_embedding_inputs_per_batch,
             count_prompt=service.count_prompt,
             known_model=service.known_model,
             should_stop=self._stopping,
+            canonical_url=service.canonical_endpoint,
         )
         if self._stopping():
             raise _Stopped
@@ -245,9 +247,11 @@ class BatchRunner(threading.Thread):
             body: dict[str, Any] = error_body(message, kind)
             service.stats.fault("request_errors")
         else:
+            endpoint = service.canonical_endpoint(batch.endpoint)
             status, body = service.executor.execute(
-                batch.endpoint, item["body"], prompt_tokens=summary.prompt_tokens[index],
-                completion_id=derived_id("chatcmpl-", batch.id, index, length=29), created=int(time.time()))
+                endpoint, item["body"], prompt_tokens=summary.prompt_tokens[index],
+                completion_id=derived_id(ID_PREFIXES[endpoint], batch.id, index, length=ID_LENGTHS[endpoint]),
+                created=int(time.time()))
         line = dumps_line({
             "id": derived_id("batch_req_", batch.id, index, length=32),
             "custom_id": custom_id,
@@ -257,10 +261,10 @@ class BatchRunner(threading.Thread):
         })
         if status == 200:
             counts["completed"] += 1
-            use = body.get("usage", {})
-            counts["input_tokens"] += use.get("prompt_tokens", 0)
-            counts["output_tokens"] += use.get("completion_tokens", 0)
-            counts["cached_tokens"] += (use.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
+            input_tokens, output_tokens, cached_tokens = usage_counts(body)
+            counts["input_tokens"] += input_tokens
+            counts["output_tokens"] += output_tokens
+            counts["cached_tokens"] += cached_tokens
         else:
             counts["failed"] += 1
         target = out if status == 200 else err
@@ -298,12 +302,13 @@ class BatchRunner(threading.Thread):
         elif reason == "expired" and batch.faults is not None and batch.faults.end == "expired":
             stats.fault("batch_expired")
         output_id = error_id = None
+        expires_after = batch.output_expires_after
         if batch.completed > 0:
-            output_id = out.commit(f"batch_{batch.id}_output.jsonl", "batch_output").id
+            output_id = out.commit(f"batch_{batch.id}_output.jsonl", "batch_output", expires_after).id
         else:
             out.discard()
         if err.size > 0 or batch.failed > 0:
-            error_id = err.commit(f"batch_{batch.id}_error.jsonl", "batch_output").id
+            error_id = err.commit(f"batch_{batch.id}_error.jsonl", "batch_output", expires_after).id
         else:
             err.discard()
         if reason is None:

@@ -20,6 +20,7 @@ from .errors import (
     require_object,
 )
 from .executor import ENDPOINTS, RequestExecutor
+from .expiry import expiry_seconds
 from .faults import FaultInjector
 from .ids import random_id
 from .state import BatchRecord, Store
@@ -97,6 +98,12 @@ class BatchService:
         with self._lock:
             return {model: count for model, count in self._enqueued.items() if count}
 
+    def canonical_endpoint(self, endpoint: str) -> str:
+        """The /v1 endpoint a batch endpoint or line url means (Azure mode also accepts them without /v1)."""
+        if self.config.azure and not endpoint.startswith("/v1/") and f"/v1{endpoint}" in ENDPOINTS:
+            return f"/v1{endpoint}"
+        return endpoint
+
     # --- life of the service -------------------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -135,7 +142,7 @@ class BatchService:
             if not isinstance(body[name], str):
                 raise invalid_type(name, "a string", body[name])
         endpoint = body["endpoint"]
-        if endpoint not in ENDPOINTS:
+        if self.canonical_endpoint(endpoint) not in ENDPOINTS:
             if endpoint in REAL_ENDPOINTS:
                 raise invalid_value("endpoint", f"'{endpoint}' is not emulated; the emulator runs batches for "
                                     f"{list(ENDPOINTS)}.")
@@ -143,9 +150,7 @@ class BatchService:
         if body["completion_window"] != "24h":
             raise invalid_value("completion_window", f"'{body['completion_window']}'. Supported values are: ['24h'].")
         metadata = _check_metadata(body.get("metadata"))
-        expires_after = body.get("output_expires_after")
-        if expires_after is not None and not isinstance(expires_after, dict):
-            raise invalid_type("output_expires_after", "an object", expires_after)
+        output_expiry = expiry_seconds(body.get("output_expires_after"), "output_expires_after")
         file_id = body["input_file_id"]
         record = self.store.get_file(file_id)
         if record is None:
@@ -164,6 +169,7 @@ class BatchService:
             created_at=now,
             expires_at=now + self.config.expire_after,
             faults=self.faults.plan_batch(call_number),
+            output_expires_after=output_expiry,
         )
         self.store.add_batch(batch)
         self.stats.batch_created(metadata)

@@ -26,7 +26,10 @@ OPERATIONS: dict[str, tuple[str, str]] = {
     "batches.retrieve": ("GET", "/v1/batches/{batch_id}"),
     "batches.cancel": ("POST", "/v1/batches/{batch_id}/cancel"),
     "chat.completions": ("POST", "/v1/chat/completions"),
+    "responses": ("POST", "/v1/responses"),
     "embeddings": ("POST", "/v1/embeddings"),
+    "completions": ("POST", "/v1/completions"),
+    "moderations": ("POST", "/v1/moderations"),
     "models.list": ("GET", "/v1/models"),
     "models.retrieve": ("GET", "/v1/models/{model}"),
 }
@@ -62,6 +65,8 @@ DEFAULT_MODELS: tuple[str, ...] = (
     "gpt-5-nano",
     "text-embedding-3-small",
     "text-embedding-3-large",
+    "gpt-3.5-turbo-instruct",
+    "omni-moderation-latest",
 )
 
 
@@ -174,6 +179,14 @@ class EmulatorConfig(BaseModel):
     enqueued_token_limits: dict[str, int] = Field(default_factory=dict, description="per-model overrides")
     rpm: int | None = Field(default=None, ge=1, description="requests per minute per model on direct endpoints")
     tpm: int | None = Field(default=None, ge=1, description="tokens per minute per model on direct endpoints")
+    rate_limit_burst_seconds: float = Field(
+        default=1.0, gt=0.0, le=60.0,
+        description="rpm/tpm buckets hold this many seconds of the per-minute allowance (at least one request), so "
+                    "a burst gets 429s while evenly paced requests pass; 60 = a whole minute's worth at once",
+    )
+    azure: bool = Field(default=False, description="also serve Azure OpenAI paths (/openai/..., api-version, api-key)")
+    azure_deployments: list[str] = Field(
+        default_factory=list, description="Azure mode: known deployment names (empty = any name is a deployment)")
     state_dir: Path | None = Field(default=None, description="persist files and batches here (else in memory)")
     models: list[str] = Field(default_factory=lambda: list(DEFAULT_MODELS))
     strict_models: bool = Field(default=False, description="reject models not in `models` with 404 model_not_found")

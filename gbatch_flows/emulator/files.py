@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from .config import EmulatorConfig
 from .errors import ApiError, bad_request, invalid_value, missing_param, not_found
+from .expiry import BATCH_FILE_DEFAULT_SECONDS, expiry_seconds
 from .state import FileRecord, FileTooLarge, Store
 from .stats import Stats
+from .upload_check import check_batch_upload
 
 UPLOAD_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
 
@@ -29,31 +30,29 @@ class FileService:
         if purpose not in UPLOAD_PURPOSES:
             raise invalid_value("purpose", f"'{purpose}'. Supported values are: {list(UPLOAD_PURPOSES)}.")
         filename = filename or "upload"
-        if purpose == "batch" and not filename.endswith(".jsonl"):
-            raise bad_request(f"Invalid file format for Batch API. Must be .jsonl (got filename {filename!r}).",
-                              param="file", code="invalid_file_format")
-        expires_at = self._expires_at(expires_after)
+        seconds = expiry_seconds(expires_after, "expires_after")
+        if seconds is None and purpose == "batch":
+            seconds = BATCH_FILE_DEFAULT_SECONDS
         try:
-            record = self.store.create_file(source, filename, purpose, self.config.max_file_bytes, expires_at)
+            record = self.store.create_file(source, filename, purpose, self.config.max_file_bytes, seconds)
         except FileTooLarge:
             raise bad_request(f"File is too large: the maximum size is {self.config.max_file_bytes} bytes.",
                               param="file", code="file_too_large") from None
+        if purpose == "batch":
+            self._check_content(record.id)
         self.stats.file_created(record.bytes)
         return record.to_api()
 
-    def _expires_at(self, expires_after: dict[str, Any] | None) -> int | None:
-        if not expires_after:
-            return None
-        anchor = expires_after.get("anchor")
-        if anchor != "created_at":
-            raise invalid_value("expires_after.anchor", f"'{anchor}'. Supported values are: ['created_at'].")
+    def _check_content(self, file_id: str) -> None:
+        """Refuse (and forget) a batch upload whose content is not UTF-8 JSONL; see upload_check.py."""
         try:
-            seconds = int(expires_after.get("seconds"))  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            raise invalid_value("expires_after.seconds", "expected an integer.") from None
-        if not 3600 <= seconds <= 2_592_000:
-            raise invalid_value("expires_after.seconds", "must be between 3600 and 2592000.")
-        return int(time.time()) + seconds
+            error = check_batch_upload(self.store.iter_lines(file_id))
+        except BaseException:
+            self.store.delete_file(file_id)
+            raise
+        if error is not None:
+            self.store.delete_file(file_id)
+            raise error
 
     def get(self, file_id: str) -> FileRecord:
         record = self.store.get_file(file_id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import re
+import uuid
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -60,6 +61,14 @@ def _auth_error(scope: dict[str, Any], api_key: str) -> JSONResponse | None:
     return JSONResponse(error_body(message, "invalid_request_error", None, "invalid_api_key"), status_code=401)
 
 
+def with_request_id(headers: Any) -> list[tuple[bytes, bytes]]:
+    """The response headers plus an `x-request-id` (like the real API's "req_" + 32 hex digits) if none is set."""
+    headers = list(headers)
+    if not any(name.lower() == b"x-request-id" for name, _ in headers):
+        headers.append((b"x-request-id", f"req_{uuid.uuid4().hex}".encode()))
+    return headers
+
+
 class EmulatorMiddleware:
     """Wraps the FastAPI app; only paths under /v1 are affected."""
 
@@ -80,6 +89,7 @@ class EmulatorMiddleware:
         async def counting_send(message: MutableMapping[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 stats.response(message["status"])
+                message["headers"] = with_request_id(message.get("headers") or [])
             await send(message)
 
         config = emulator.config

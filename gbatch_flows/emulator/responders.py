@@ -1,8 +1,9 @@
 """Responders: what the emulated model "says".
 
 A responder is any callable `fn(body)` or `fn(body, ctx)` that returns the assistant message content (str):
-`body` is the chat completion request body (dict), `ctx` a `ResponderContext` (model, endpoint, choice index and a
-seed derived from the request). Register them per model with `EmulatorConfig(responders={"model": fn, "*": fn})`
+`body` is the chat completion request body (dict) — for /v1/responses and /v1/completions a chat-shaped view of the
+request (messages, response_format, max_completion_tokens) — and `ctx` a `ResponderContext` (model, the real
+endpoint, choice index and a seed derived from the request). Register them per model with `EmulatorConfig(responders={"model": fn, "*": fn})`
 (or as "package.module:function" strings). The default responder writes schema-valid JSON for
 `response_format={"type": "json_schema", ...}`, a JSON object for `{"type": "json_object"}`, and plain text otherwise;
 it is deterministic: the same request gives the same answer, and the n choices of one request differ.

@@ -12,10 +12,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from . import jsonutil
+from .azure import AZURE_DEPLOYMENT
 from .config import FaultConfig
 from .errors import ApiError, invalid_value
-from .executor import CHAT, EMBEDDINGS
+from .executor import CHAT, COMPLETIONS, EMBEDDINGS, MODERATIONS, RESPONSES
 from .files import parse_limit
+from .moderations import DEFAULT_MODEL as MODERATION_MODEL
 from .runtime import Emulator
 
 v1 = APIRouter(prefix="/v1")
@@ -41,17 +43,39 @@ async def _json_body(request: Request) -> Any:
 # --- model endpoints -------------------------------------------------------------------------------------------------
 
 
+def _body_model(body: Any, endpoint: str) -> str | None:
+    model = body.get("model") if isinstance(body, dict) else None
+    if model is None and endpoint == MODERATIONS:
+        return MODERATION_MODEL
+    return model if isinstance(model, str) else None
+
+
 async def _model_call(request: Request, endpoint: str) -> JSONResponse:
+    """One direct model request. With rpm/tpm set, every answer (also a 4xx) carries the x-ratelimit-* headers."""
     emulator = _emulator(request)
-    body = await _json_body(request)
-    params = emulator.executor.check(endpoint, body)
-    prompt, needed = emulator.executor.requested_tokens(endpoint, body, params)
+    executor, limiter = emulator.executor, emulator.limiter
+    model: str | None = None
     try:
-        headers = emulator.limiter.acquire(params.model, needed)
+        body = await _json_body(request)
+        deployment = request.scope.get("state", {}).get(AZURE_DEPLOYMENT)
+        if deployment is not None and isinstance(body, dict):
+            body = {**body, "model": deployment}  # Azure: the deployment in the path is the model
+        model = _body_model(body, endpoint)
+        params = executor.check(endpoint, body)
+        prompt, needed = executor.requested_tokens(endpoint, body, params)
+    except ApiError as exc:
+        exc.headers = {**limiter.peek(model), **exc.headers}
+        raise
+    try:
+        headers = limiter.acquire(params.model, needed)
     except ApiError:
         emulator.stats.rate_limited()
         raise
-    result = await run_in_threadpool(emulator.executor.respond, endpoint, body, params, prompt)
+    try:
+        result = await run_in_threadpool(executor.respond, endpoint, body, params, prompt)
+    except ApiError as exc:
+        exc.headers = {**headers, **exc.headers}
+        raise
     return JSONResponse(result, headers=headers)
 
 
@@ -60,9 +84,24 @@ async def chat_completions(request: Request) -> JSONResponse:
     return await _model_call(request, CHAT)
 
 
+@v1.post("/responses")
+async def responses(request: Request) -> JSONResponse:
+    return await _model_call(request, RESPONSES)
+
+
 @v1.post("/embeddings")
 async def embeddings(request: Request) -> JSONResponse:
     return await _model_call(request, EMBEDDINGS)
+
+
+@v1.post("/completions")
+async def completions(request: Request) -> JSONResponse:
+    return await _model_call(request, COMPLETIONS)
+
+
+@v1.post("/moderations")
+async def moderations(request: Request) -> JSONResponse:
+    return await _model_call(request, MODERATIONS)
 
 
 def _model_object(model: str) -> dict[str, Any]:

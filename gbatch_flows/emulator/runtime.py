@@ -23,7 +23,8 @@ class Emulator:
         self.stats = Stats()
         self.store = Store(self.config.state_dir)
         self.faults = FaultInjector(self.config.faults)
-        self.limiter = RateLimiter(self.config.rpm, self.config.tpm)
+        self.limiter = RateLimiter(self.config.rpm, self.config.tpm,
+                                   burst_seconds=self.config.rate_limit_burst_seconds)
         self.executor = RequestExecutor(self.config, self.stats)
         self.files = FileService(self.config, self.store, self.stats)
         self.batches = BatchService(self.config, self.store, self.executor, self.faults, self.stats)

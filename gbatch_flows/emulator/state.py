@@ -82,6 +82,7 @@ class BatchRecord(BaseModel):
     enqueued_tokens: int = 0
     faults: BatchFaultPlan | None = None
     cancel_requested: bool = Field(default=False, description="set by the cancel endpoint or a cancel fault")
+    output_expires_after: int | None = Field(default=None, description="seconds: expiry of the output/error files")
 
     @property
     def terminal(self) -> bool:
@@ -149,8 +150,9 @@ class FileWriter:
         self._handle.write(data)
         self.size += len(data)
 
-    def commit(self, filename: str, purpose: str) -> FileRecord:
-        return self._store._commit_writer(self, filename, purpose)
+    def commit(self, filename: str, purpose: str, expires_after: int | None = None) -> FileRecord:
+        """Store the bytes as a file; it expires `expires_after` seconds after its creation (None = never)."""
+        return self._store._commit_writer(self, filename, purpose, expires_after)
 
     def discard(self) -> None:
         self._handle.close()
@@ -214,8 +216,9 @@ class Store:
     # --- files ---------------------------------------------------------------------------------------------------
 
     def create_file(self, source: BinaryIO, filename: str, purpose: str, limit: int,
-                    expires_at: int | None = None) -> FileRecord:
-        """Store the bytes read from `source`; FileTooLarge past `limit` bytes."""
+                    expires_after: int | None = None) -> FileRecord:
+        """Store the bytes read from `source` (expiring `expires_after` seconds after creation); FileTooLarge past
+        `limit` bytes."""
         writer = FileWriter(self)
         try:
             while chunk := source.read(COPY_CHUNK):
@@ -225,11 +228,13 @@ class Store:
         except BaseException:
             writer.discard()
             raise
-        return self._commit_writer(writer, filename, purpose, expires_at)
+        return self._commit_writer(writer, filename, purpose, expires_after)
 
     def _commit_writer(self, writer: FileWriter, filename: str, purpose: str,
-                       expires_at: int | None = None) -> FileRecord:
-        record = FileRecord(id=random_id("file-", 22), bytes=writer.size, created_at=int(time.time()),
+                       expires_after: int | None = None) -> FileRecord:
+        created = int(time.time())
+        expires_at = None if expires_after is None else created + expires_after
+        record = FileRecord(id=random_id("file-", 22), bytes=writer.size, created_at=created,
                             filename=filename, purpose=purpose, expires_at=expires_at, seq=self.next_seq())
         if self.state_dir is None:
             assert isinstance(writer._handle, io.BytesIO)

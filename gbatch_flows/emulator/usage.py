@@ -99,8 +99,29 @@ def text_tokens(text: str, model: str) -> int:
     return _cached_text_tokens(text, model)
 
 
+def _text_input_tokens(endpoint: str, payload: dict[str, Any]) -> int:
+    """Input tokens of a /v1/completions `prompt` or a /v1/moderations `input` (text parts; token arrays by length)."""
+    raw = payload.get("prompt" if endpoint == "/v1/completions" else "input")
+    model = payload.get("model")
+    model = model if isinstance(model, str) else "omni-moderation-latest"
+    items = raw if isinstance(raw, list) and raw and not isinstance(raw[0], int) else [raw]
+    total = 0
+    for item in items:
+        if isinstance(item, list):
+            total += len(item)
+        elif isinstance(item, dict):
+            text = item.get("text")
+            total += text_tokens(text, model) if isinstance(text, str) else 0
+        elif isinstance(item, str):
+            total += text_tokens(item, model)
+    return total
+
+
 def prompt_tokens(endpoint: str, payload: dict[str, Any]) -> int:
-    """Input tokens of a request body for `endpoint` ("/v1/chat/completions", "/v1/embeddings")."""
+    """Input tokens of a request body for `endpoint` ("/v1/chat/completions", "/v1/responses", "/v1/embeddings",
+    "/v1/completions", "/v1/moderations")."""
+    if endpoint in ("/v1/completions", "/v1/moderations"):
+        return _text_input_tokens(endpoint, payload)
     estimator = project_estimator()
     if estimator is not None:
         try:

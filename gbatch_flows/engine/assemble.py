@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from gbatch_flows import costs
+from gbatch_flows import costs, endpoints
 from gbatch_flows.engine import limits
 from gbatch_flows.engine.context import Engine, EngineStop
+from gbatch_flows.engine.operations import to_direct
 from gbatch_flows.engine.state import CURSOR, TASK, Changes, TaskState
 from gbatch_flows.models import BatchRecord, Cursor
 from gbatch_flows.store import BlobRef
@@ -87,9 +88,11 @@ class Packer:
         self.size += len(line) + 1
 
 
-def batch_line(request: dict) -> bytes:
+def batch_line(request: dict, azure: bool = False) -> bytes:
+    """One batch input line; Azure OpenAI wants its own path spelling (``/chat/completions``) as the url."""
     custom_id = f"{request['seq']}-{request['part']}-{request['retry']}"
-    return orjson.dumps({"custom_id": custom_id, "method": "POST", "url": request["endpoint"], "body": request["payload"]})
+    url = endpoints.azure_path(request["endpoint"]) if azure else request["endpoint"]
+    return orjson.dumps({"custom_id": custom_id, "method": "POST", "url": url, "body": request["payload"]})
 
 
 def sidecar_line(request: dict) -> bytes:
@@ -99,6 +102,8 @@ def sidecar_line(request: dict) -> bytes:
 def assemble(engine: Engine, mode: str = "batch", max_new: int | None = None) -> list[int]:
     """Assemble up to ``max_new`` batches (default: up to ``max_unpushed_batches`` waiting); returns their ids."""
     options = engine.options
+    if mode == "direct" and options.force_direct:
+        to_direct(engine)  # batches assembled for the Batch API but never pushed: sent directly too
     state = engine.state
     waiting = len(state.batches_in("assembled"))
     budget = options.max_unpushed_batches - waiting if max_new is None else max_new
@@ -111,11 +116,13 @@ def assemble(engine: Engine, mode: str = "batch", max_new: int | None = None) ->
     pending: QueuedLine | None = None
     remaining = state.queued_requests()
     finish_direct = options.direct_finish_requests if state.task and state.task.generated else 0
+    local_only = mode == "batch" and sends_nothing(options)
     while len(created) < budget:
         if mode == "batch" and remaining <= finish_direct:
             break  # the last few go through the direct API (choose_mode picks it next round)
         session_caps, task_caps = limits.spend_caps(options, engine.state, engine.session_id)
-        packer = Packer(caps, session_caps.tighten(task_caps), margin_t, margin_s)
+        spend_caps = limits.Caps() if local_only else session_caps.tighten(task_caps)
+        packer = Packer(caps, spend_caps, margin_t, margin_s)
         last: QueuedLine | None = None
         for item in itertools.chain([pending] if pending else [], queue):  # (a generator would close `queue`)
             pending = None
@@ -124,8 +131,8 @@ def assemble(engine: Engine, mode: str = "batch", max_new: int | None = None) ->
             if packer.count and (model != packer.model or req["endpoint"] != packer.endpoint):
                 pending = item
                 break
-            line = batch_line(req)
-            cost = costs.worst_case_cost(req["tokens"], req["max_out"], engine.prices(model), mode)
+            line = batch_line(req, engine.azure)
+            cost = costs.worst_case_cost(req["tokens"], req["max_out"], engine.prices(model, req["endpoint"]), mode)
             if not packer.fits(req["tokens"], req["max_out"], cost, len(line) + 1):
                 if not packer.count:
                     _refuse_single(req, caps, cost, len(line), mode)
@@ -143,6 +150,15 @@ def assemble(engine: Engine, mode: str = "batch", max_new: int | None = None) ->
         if pending is None:
             break
     return created
+
+
+def sends_nothing(options) -> bool:
+    """A budget of zero (e.g. the original's ``--max_session_requests 0``) or ``--max_remote_batches 0``: batches are
+    only assembled, to inspect their files or to push in a later session, so they are packed under the per-batch
+    limits alone (the budgets decide at push time)."""
+    zero = (options.max_session_requests, options.max_session_ktokens, options.max_session_cost,
+            options.max_task_requests, options.max_task_ktokens, options.max_task_cost)
+    return options.max_remote_batches == 0 or any(limit == 0 for limit in zero if limit is not None)
 
 
 def _refuse_single(req: dict, caps: limits.Caps, cost: float, size: int, mode: str) -> None:

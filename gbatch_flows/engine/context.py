@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     import openai
 
     from gbatch_flows.options import Options
+    from gbatch_flows.quota import QuotaLedger
 
 log = logging.getLogger("gbatch_flows.engine")
 
@@ -35,6 +36,7 @@ class Engine:
     async_client_factory: Callable[[], openai.AsyncOpenAI]
     local_server: bool = False
     lease: Lease | None = None
+    quota: QuotaLedger | None = None  # the shared quota ledger (--quota_dir), if any
     on_commit: list[Callable[[TaskState], None]] = field(default_factory=list)
     _state: TaskState | None = None
     _prices: dict[tuple[str, str], Any] = field(default_factory=dict)
@@ -71,7 +73,17 @@ class Engine:
     def meta(self) -> dict[str, Any]:
         return self.state.require_task().meta
 
-    def prices(self, model: str) -> costs.Prices:
+    @property
+    def azure(self) -> bool:
+        """Talking to Azure OpenAI: batch files and batch creation use its endpoint paths (``/chat/completions``)."""
+        return bool(getattr(self.options, "azure_endpoint", None))
+
+    def prices(self, model: str, endpoint: str | None = None) -> costs.Prices:
+        """Prices of ``model``; zero for a free endpoint (moderations) when ``endpoint`` is given."""
+        if endpoint is not None:
+            return costs.ZERO_PRICES if costs.is_free(endpoint) else self.prices(model)
+        if self.azure and getattr(self.options, "azure_price_model", None):
+            model = self.options.azure_price_model  # a deployment priced as the OpenAI model it serves
         key = (model, "local" if self.local_server else "api")
         if key not in self._prices:
             overrides = costs.PriceOverrides(
@@ -81,5 +93,11 @@ class Engine:
                 cost_output_direct_mtoken=self.options.cost_output_direct_mtoken,
                 cost_output_batch_mtoken=self.options.cost_output_batch_mtoken,
             )
-            self._prices[key] = costs.prices_for(model, overrides, local_server=self.local_server)
+            try:
+                self._prices[key] = costs.prices_for(model, overrides, local_server=self.local_server)
+            except costs.UnknownPriceError as exc:
+                if not self.azure:
+                    raise
+                raise costs.UnknownPriceError(f"{exc}; on Azure, --azure_price_model names the OpenAI model the "
+                                              f"deployment {model!r} serves (e.g. gpt-4o-mini)") from None
         return self._prices[key]

@@ -17,7 +17,7 @@ from typing import Any
 import openai
 import orjson
 
-from gbatch_flows import api, costs
+from gbatch_flows import api, costs, endpoints
 from gbatch_flows.engine import limits
 from gbatch_flows.engine.context import Engine
 from gbatch_flows.engine.pacer import Pacer, parse_reset
@@ -39,14 +39,24 @@ class DirectStats:
         self.errors = 0
 
 
+def _resource(client: openai.AsyncOpenAI, endpoint: str) -> Any:
+    """The client resource whose ``create`` calls ``endpoint`` (either path spelling)."""
+    path = endpoints.canonical(endpoint)
+    resources = {
+        endpoints.CHAT: lambda: client.chat.completions,
+        endpoints.RESPONSES: lambda: client.responses,
+        endpoints.EMBEDDINGS: lambda: client.embeddings,
+        endpoints.COMPLETIONS: lambda: client.completions,
+        endpoints.MODERATIONS: lambda: client.moderations,
+    }
+    if path not in resources:
+        raise ValueError(f"the direct executor does not support endpoint {endpoint!r}; supported: "
+                         f"{', '.join(endpoints.BATCH_ENDPOINTS)}")
+    return resources[path]()
+
+
 async def _call(client: openai.AsyncOpenAI, endpoint: str, body: dict[str, Any]):
-    if endpoint.endswith("/chat/completions"):
-        return await client.chat.completions.with_raw_response.create(**body)
-    if endpoint.endswith("/embeddings"):
-        return await client.embeddings.with_raw_response.create(**body)
-    if endpoint.endswith("/responses"):
-        return await client.responses.with_raw_response.create(**body)
-    raise ValueError(f"the direct executor does not support endpoint {endpoint!r}")
+    return await _resource(client, endpoint).with_raw_response.create(**body)
 
 
 class DirectRunner:
@@ -207,7 +217,7 @@ def _recover_lost_calls(engine: Engine, batch: BatchRecord, items: list[dict], s
     """Calls started before a crash whose results were never committed: they may have been billed. Charge their
     worst case, then re-send them under a new reservation, or fail them when the limits cannot take it."""
     lo, hi = batch.direct_done, batch.direct_sent
-    prices = engine.prices(batch.model)
+    prices = engine.prices(batch.model, batch.endpoint)
     lost = limits.Spend()
     for side in sides[lo:hi]:
         lost = lost + limits.Spend(requests=1, tokens=side["tokens"] + side["max_out"],

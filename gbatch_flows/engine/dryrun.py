@@ -85,6 +85,24 @@ def plan_pushes(engine: Engine) -> tuple[list[dict[str, Any]], str | None]:
     return rows, stop
 
 
+#: ``--direct_verbose always`` with ``--dryrun`` shows at most this many request bodies per planned batch.
+MAX_SHOWN_PER_BATCH = 50
+
+
+def request_bodies(engine: Engine, batch_ids: list[int]) -> list[str]:
+    """The request bodies the planned batches would send, one line each (``--direct_verbose always``)."""
+    lines: list[str] = []
+    for local_id in batch_ids:
+        batch = engine.state.batches[local_id]
+        for n, raw in enumerate(engine.store.iter_lines(BlobRef.model_validate(batch.input_ref))):
+            if n >= MAX_SHOWN_PER_BATCH:
+                lines.append(f"  ... {batch.requests - n} more request(s) in batch {local_id}")
+                break
+            item = json.loads(raw)
+            lines.append(f"  would send {item['custom_id']} to {item['url']}: {json.dumps(item['body'])}")
+    return lines
+
+
 def dry_run(task: Any, options: Any, local_server: bool = False) -> RunSummary:
     """Plan one session of ``task`` and print it; the task folder is left byte-for-byte unchanged."""
     from gbatch_flows.launch import open_task_store
@@ -95,7 +113,8 @@ def dry_run(task: Any, options: Any, local_server: bool = False) -> RunSummary:
     store = open_task_store(options, task)
     engine = Engine(store=OverlayStore(store), options=options, task=task, session_id="dryrun",  # type: ignore[arg-type]
                     client_factory=no_client, async_client_factory=no_client, local_server=local_server)
-    ensure_task(engine, task.name, task.build_meta(options), reinit_meta=options.reinit_meta)
+    ensure_task(engine, task.name, task.build_meta(options), reinit_meta=options.reinit_meta,
+                given=task.given_meta(options))
     generate(engine)
     mode = choose_mode(engine)
     assemble(engine, mode)
@@ -107,6 +126,8 @@ def dry_run(task: Any, options: Any, local_server: bool = False) -> RunSummary:
         lines.append(f"  would push batch {r['batch']}: {r['requests']} requests, {r['tokens']} prompt tokens "
                      f"(+ up to {r['max_out']} completion), {r['mb']} MB, worst case ${r['worst_cost']:.4f}")
     lines.append(f"  total worst case ${total_cost:.4f}" + (f"; then {stop} stops pushing" if stop else ""))
+    if options.direct_verbose == "always":
+        lines += request_bodies(engine, [r["batch"] for r in rows])
     print("\n".join(lines), flush=True)
     state = engine.state
     return RunSummary("stopped", "dry run: nothing sent, nothing stored", state.generation,

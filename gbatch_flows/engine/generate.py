@@ -6,6 +6,7 @@ import itertools
 import logging
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -22,8 +23,27 @@ log = logging.getLogger("gbatch_flows.engine.generate")
 CHUNK_REQUESTS = 10_000
 
 
-def ensure_task(engine: Engine, name: str, meta: dict[str, Any], reinit_meta: bool = False) -> TaskState:
-    """Create the task on first use; afterwards its metadata is fixed unless ``reinit_meta`` is given."""
+def effective_meta(task: TaskInfo | None, meta: dict[str, Any], given: Mapping[str, Any] | None = None,
+                   reinit_meta: bool = False) -> dict[str, Any]:
+    """The metadata the task will run with: ``meta`` (built from scratch) for a new task or ``--reinit_meta``, else
+    the stored metadata. Raises EngineStop when a value given explicitly (``given``; ``None``: all of ``meta``)
+    differs from the stored one."""
+    if task is None or reinit_meta:
+        return meta
+    given = meta if given is None else given
+    differs = {key: (task.meta.get(key), value) for key, value in sorted(given.items()) if task.meta.get(key) != value}
+    if differs:
+        shown = ", ".join(f"--{key} {value!r} (stored: {stored!r})" for key, (stored, value) in differs.items())
+        raise EngineStop(f"task metadata differs from the one fixed at task creation: {shown}; pass --reinit_meta "
+                         "to change it, or drop the flag to reuse the stored value")
+    return task.meta
+
+
+def ensure_task(engine: Engine, name: str, meta: dict[str, Any], reinit_meta: bool = False,
+                given: Mapping[str, Any] | None = None) -> TaskState:
+    """Create the task on first use; afterwards its stored metadata is reused (the flags in ``given`` must agree with
+    it) unless ``reinit_meta`` is given. A re-initialised metadata makes the generator run again: samples it yields
+    that the task does not know yet (e.g. a wider parameter) are queued, the known ones are skipped."""
     state = engine.state
     if state.task is None:
         info = TaskInfo(task_id=uuid.uuid4().hex, name=name, created_at=time.time(), meta=meta)
@@ -35,18 +55,17 @@ def ensure_task(engine: Engine, name: str, meta: dict[str, Any], reinit_meta: bo
             f"the task folder {engine.store.url} holds task {state.task.name!r}, not {name!r}: "
             "use another --task_dir, or --wipe_task to start over"
         )
-    if state.task.meta != meta:
-        if not reinit_meta:
-            diff = {k: (state.task.meta.get(k), meta.get(k)) for k in sorted(set(meta) | set(state.task.meta))
-                    if state.task.meta.get(k) != meta.get(k)}
-            raise EngineStop(
-                f"task metadata differs from the one fixed at task creation {diff} (stored, requested): "
-                "pass --reinit_meta to change it, or drop the options that change it"
-            )
-        changes = Changes()
-        changes.set(TASK, state.task.model_copy(update={"meta": meta}))
-        return engine.commit(changes, "reinit meta")
-    return state
+    new_meta = effective_meta(state.task, meta, given, reinit_meta)
+    if new_meta == state.task.meta:
+        return state
+    update: dict[str, Any] = {"meta": new_meta}
+    if state.task.generated:  # run the generator again over the new metadata, skipping the samples already known
+        update.update(generated=False, generated_count=0, skip_sent_keys=True)
+    changes = Changes()
+    changes.set(TASK, state.task.model_copy(update=update))
+    changed = sorted(k for k in set(new_meta) | set(state.task.meta) if new_meta.get(k) != state.task.meta.get(k))
+    log.info("task metadata re-initialised (%s)", ", ".join(changed))
+    return engine.commit(changes, f"reinit meta: {', '.join(changed)}")
 
 
 def _with_model(spec: RequestSpec, meta: dict[str, Any]) -> dict[str, Any]:
@@ -112,14 +131,13 @@ def generate(engine: Engine, chunk_requests: int = CHUNK_REQUESTS) -> TaskState:
 
 
 def sent_keys(engine: Engine) -> set[str]:
-    """Keys of samples that must not be generated again: in any batch already sent (whatever came of it), or
-    still queued as retries or follow-ups."""
+    """Keys of samples that must not be generated again: in any batch (sent or not, whatever came of it), or still
+    queued (generated, retries or follow-ups)."""
     keys: set[str] = set()
     store = engine.store
     state = engine.state
-    refs = [b.sidecar_ref for b in state.batches.values() if b.state != "assembled"]
-    refs += [b.sidecar_ref for b in state.batches_in("assembled")]
-    refs += [seg.ref for seg in state.segments.values() if seg.origin != "generated"]
+    refs = [b.sidecar_ref for b in state.batches.values() if b.cancel_requested_at is None]  # wiped: regenerated
+    refs += [seg.ref for seg in state.segments.values()]  # also samples still queued (a re-generation adds none twice)
     for ref in refs:
         for raw in store.iter_lines(BlobRef.model_validate(ref)):
             if raw.strip():

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import time
+from typing import Any
 
 import openai
 import orjson
@@ -11,6 +13,7 @@ from gbatch_flows import api
 from gbatch_flows.engine.context import Engine
 from gbatch_flows.engine.generate import write_segment
 from gbatch_flows.engine.state import TASK, Changes, batch_key, segment_key
+from gbatch_flows.models import BatchRecord
 from gbatch_flows.store import BlobRef
 
 log = logging.getLogger("gbatch_flows.engine.operations")
@@ -36,40 +39,89 @@ def wipe_task(engine: Engine, output_path: str | None = None) -> None:
     log.info("wiped task state in %s (unreferenced files are removed by garbage collection)", engine.store.url)
 
 
-def wipe_requests(engine: Engine) -> None:
-    """Drop the generated requests not yet sent (queue and unpushed batches) so that they are generated again.
+def unassemble(engine: Engine, batches: list[BatchRecord], changes: Changes, keep_first: bool = True) -> dict[str, Any]:
+    """Put the requests of unpushed batches back in the queue (the batches are deleted in ``changes``).
 
-    Samples already sent (or done) keep their results, and regeneration skips their keys. Retries and follow-ups
-    (which cannot be regenerated) stay queued: the ones in unpushed batches move to a new queue segment.
+    First attempts go to a ``generated`` segment (``keep_first``; else they are dropped, to be generated again);
+    retries and follow-ups, which cannot be generated again, to a ``retry`` segment. Returns the task update."""
+    task = engine.state.require_task()
+    lines: dict[str, list[bytes]] = {"generated": [], "retry": []}
+    tokens: dict[str, int] = {"generated": 0, "retry": 0}
+    for batch in batches:
+        inputs = engine.store.iter_lines(BlobRef.model_validate(batch.input_ref))
+        for side_raw, input_raw in zip(engine.store.iter_lines(BlobRef.model_validate(batch.sidecar_ref)), inputs):
+            side = orjson.loads(side_raw)
+            origin = "retry" if side["retry"] or side["part"] else "generated"
+            if origin == "generated" and not keep_first:
+                continue
+            side["payload"] = orjson.loads(input_raw)["body"]
+            lines[origin].append(orjson.dumps(side))
+            tokens[origin] += side["tokens"]
+        changes.delete(batch_key(batch.local_id))
+    index = task.next_segment
+    for origin in ("generated", "retry"):
+        if lines[origin]:
+            changes.set(segment_key(index), write_segment(engine, index, lines[origin], tokens[origin], origin))
+            index += 1
+    return {"next_segment": index} if index != task.next_segment else {}
+
+
+def to_direct(engine: Engine) -> int:
+    """``--force_direct``: batches assembled for the Batch API but never pushed go back to the queue, to be sent
+    through the direct API (under the direct limits). Returns how many requests went back."""
+    batches = [b for b in engine.state.batches_in("assembled") if b.mode == "batch"]
+    if not batches:
+        return 0
+    changes = Changes()
+    update = unassemble(engine, batches, changes)
+    changes.set(TASK, engine.state.require_task().model_copy(update=update))
+    requests = sum(b.requests for b in batches)
+    engine.commit(changes, f"force_direct: {len(batches)} unpushed batches ({requests} requests) back to the queue")
+    log.info("force_direct: %d unpushed batch(es) (%d requests) will go through the direct API instead",
+             len(batches), requests)
+    return requests
+
+
+def cancel_remote(engine: Engine, changes: Changes) -> list[int]:
+    """Cancel the task's batches running on the remote (best effort) and record it on each; returns their ids."""
+    cancelled: list[int] = []
+    for batch in engine.state.batches_in("pushed"):
+        if batch.mode != "batch" or not batch.remote_id:
+            continue
+        try:
+            engine.client.batches.cancel(batch.remote_id)
+            log.info("cancelled remote batch %s (local batch %d)", batch.remote_id, batch.local_id)
+        except openai.OpenAIError as exc:
+            log.warning("could not cancel %s: %s", batch.remote_id, api.describe_exception(exc))
+        changes.batch(batch.model_copy(update={"cancel_requested_at": time.time(), "remote_status": "cancelling"}))
+        cancelled.append(batch.local_id)
+    return cancelled
+
+
+def wipe_requests(engine: Engine) -> None:
+    """Drop the generated requests not yet answered (queue, unpushed batches and, as the original does, the remote
+    batches still running, which are cancelled) so that they are generated again.
+
+    Samples already answered keep their results, and regeneration skips their keys. Retries and follow-ups (which
+    cannot be regenerated) stay queued. A cancelled batch's answers that arrive anyway are paid for (and counted)
+    but not used: its samples are generated again.
     """
     state = engine.state
     task = state.require_task()
     changes = Changes()
-    kept: list[bytes] = []
-    kept_tokens = 0
-    for batch in state.batches_in("assembled"):
-        inputs = engine.store.iter_lines(BlobRef.model_validate(batch.input_ref))
-        for side_raw, input_raw in zip(engine.store.iter_lines(BlobRef.model_validate(batch.sidecar_ref)), inputs):
-            side = orjson.loads(side_raw)
-            if side["retry"] or side["part"]:
-                side["payload"] = orjson.loads(input_raw)["body"]
-                kept.append(orjson.dumps(side))
-                kept_tokens += side["tokens"]
-        changes.delete(batch_key(batch.local_id))
+    cancelled = cancel_remote(engine, changes)
+    assembled = state.batches_in("assembled")
+    update: dict[str, Any] = unassemble(engine, assembled, changes, keep_first=False)
     dropped = 0
     for index, segment in state.segments.items():
         if segment.origin == "generated":
             changes.delete(segment_key(index))
             dropped += 1
-    update = {"generated": False, "generated_count": 0, "generated_requests": 0, "skip_sent_keys": True}
-    if kept:
-        index = task.next_segment
-        changes.set(segment_key(index), write_segment(engine, index, kept, kept_tokens, "retry"))
-        update["next_segment"] = index + 1
+    update.update(generated=False, generated_count=0, generated_requests=0, skip_sent_keys=True)
     changes.set(TASK, task.model_copy(update=update))
-    engine.commit(changes, "wipe unsent requests")
-    log.info("wiped %d generated segments and %d unpushed batches (%d retries/follow-ups kept)", dropped,
-             len(state.batches_in("assembled")), len(kept))
+    engine.commit(changes, f"wipe unsent requests (remote batches cancelled: {cancelled or 'none'})")
+    log.info("wiped %d generated segments and %d unpushed batches; cancelled %d remote batches", dropped,
+             len(assembled), len(cancelled))
 
 
 def wipe_failed(engine: Engine) -> int:

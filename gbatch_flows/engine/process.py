@@ -14,29 +14,34 @@ from typing import Any
 import openai
 import orjson
 
-from gbatch_flows import api, costs
+from gbatch_flows import api, costs, endpoints
 from gbatch_flows.engine import limits
 from gbatch_flows.engine.context import Engine, EngineStop
 from gbatch_flows.engine.generate import request_dict, write_segment
 from gbatch_flows.engine.protocol import Processed, ResponseInvalid, Result
 from gbatch_flows.engine.state import TASK, TOTALS, Changes, segment_key, session_key
 from gbatch_flows.models import BatchRecord, Outcomes, Request, ResultLine, Spend, Usage
+from gbatch_flows.status import CompletionStats
 from gbatch_flows.store import BlobRef
 
 log = logging.getLogger("gbatch_flows.engine.process")
 
 TOKEN_LIMIT_CODE = "token_limit_exceeded"
 TOKEN_LIMIT_MAX_WAIT_S = 600.0
+#: Remote statuses of batches the server did not finish (their requests are requeued; not a pass failure).
+SERVER_LOST = frozenset({"expired", "lost", "cancelled"})
 
 
-def usage_of(body: dict[str, Any] | None) -> Usage:
-    usage = (body or {}).get("usage") or {}
-    details = usage.get("prompt_tokens_details") or {}
-    return Usage(
-        prompt_tokens=int(usage.get("prompt_tokens") or 0),
-        completion_tokens=int(usage.get("completion_tokens") or 0),
-        cached_tokens=int(details.get("cached_tokens") or 0),
-    )
+def usage_of(request: Request, body: dict[str, Any] | None) -> tuple[Usage, bool]:
+    """The usage a successful response reports for ``request``'s endpoint, and whether it was readable.
+
+    A body without a readable usage (for an endpoint that reports one) is charged at the request's worst case
+    (estimated prompt tokens + worst-case output, none cached): spend is never settled lower than it may be.
+    """
+    usage = endpoints.usage_of(request.endpoint, body)
+    if usage is None:
+        return Usage(prompt_tokens=request.tokens, completion_tokens=request.max_out), False
+    return usage, True
 
 
 def download_results(engine: Engine, batch: BatchRecord) -> BlobRef:
@@ -75,6 +80,7 @@ class BatchOutcome:
     requeue: list[dict[str, Any]] = field(default_factory=list)
     failed: list[bytes] = field(default_factory=list)
     next_part: int = 0
+    completion: CompletionStats = field(default_factory=CompletionStats)
 
 
 class BatchProcessor:
@@ -90,7 +96,7 @@ class BatchProcessor:
 
     def run(self, results: dict[str, ResultLine]) -> BatchOutcome:
         store = self.engine.store
-        prompt = completion = cached = 0
+        prompt = completion = cached = unreadable = 0
         inputs = store.iter_lines(BlobRef.model_validate(self.batch.input_ref))
         for side_raw, input_raw in zip(store.iter_lines(BlobRef.model_validate(self.batch.sidecar_ref)), inputs):
             side = orjson.loads(side_raw)
@@ -98,25 +104,33 @@ class BatchProcessor:
             line = results.get(request.custom_id)
             usage = None
             if line is not None and line.body is not None:
-                usage = usage_of(line.body)
+                usage, readable = usage_of(request, line.body)
+                unreadable += not readable
                 prompt += usage.prompt_tokens
                 completion += usage.completion_tokens
                 cached += usage.cached_tokens
+                if line.status_code is not None and 200 <= line.status_code < 300:
+                    self.out.completion.add(usage.completion_tokens, usage.prompt_tokens)
             self._handle(request, line, usage)
+        if unreadable:
+            log.warning("batch %d: %d responses without a readable usage, charged at their worst case",
+                        self.batch.local_id, unreadable)
         # summed as ints: one Usage model per request instead of three
         self.out.usage = self.out.usage + Usage(prompt_tokens=prompt, completion_tokens=completion,
                                                 cached_tokens=cached)
         return self.out
 
     def _handle(self, request: Request, line: ResultLine | None, usage: Usage | None = None) -> None:
+        if self.batch.cancel_requested_at is not None:
+            return  # --wipe_requests cancelled it: its samples are generated again; answers are paid, not used
         if self.force_retry:
             self._retry(request, self.force_retry)
             return
         outcome, reason = api.classify_result(line)
         if outcome is api.Outcome.OK:
             assert line is not None
-            result = Result(request, True, line.body, None, usage if usage is not None else usage_of(line.body),
-                            line, self.batch.mode)
+            result = Result(request, True, line.body, None,
+                            usage if usage is not None else usage_of(request, line.body)[0], line, self.batch.mode)
             try:
                 processed = self.engine.task.process_result(result, self.meta)
             except ResponseInvalid as exc:
@@ -198,7 +212,7 @@ def process(engine: Engine) -> list[int]:
     """Process every finished batch in local-id order; returns the ids processed."""
     done: list[int] = []
     for batch in engine.state.batches_in("done"):
-        if batch.remote_status == "failed":
+        if batch.remote_status == "failed" and batch.cancel_requested_at is None:
             if _handle_failed_batch(engine, batch):
                 continue
             force_retry = f"batch failed: {_error_summary(batch)}"
@@ -310,12 +324,13 @@ def _commit_processed(engine: Engine, batch: BatchRecord, ref: BlobRef, out: Bat
         segment = write_segment(engine, index, lines, sum(r["tokens"] for r in out.requeue), "retry")
         changes.set(segment_key(index), segment)
         update["next_segment"] = index + 1
-    prices = engine.prices(batch.model)
-    cost = costs.actual_cost(out.usage.model_dump() | {"prompt_tokens_details": {"cached_tokens": out.usage.cached_tokens}},
-                             prices, batch.mode)
+    cost = costs.usage_cost(out.usage, engine.prices(batch.model, batch.endpoint), batch.mode)  # type: ignore[arg-type]
     ratio = out.outcomes.ok / batch.requests if batch.requests else 1.0
-    passed = ratio >= engine.options.min_pass_ratio
-    update["consecutive_pass_failures"] = 0 if passed else task.consecutive_pass_failures + 1
+    # the server's fault (or a wipe's): not a pass failure
+    judged = not failed_batch and batch.remote_status not in SERVER_LOST and batch.cancel_requested_at is None
+    passed = ratio >= engine.options.min_pass_ratio if judged else None
+    update["consecutive_pass_failures"] = task.consecutive_pass_failures if passed is None else \
+        0 if passed else task.consecutive_pass_failures + 1
     if failed_batch:
         update["failed_batches_processed"] = task.failed_batches_processed + 1
     actual = Spend(requests=batch.requests, tokens=out.usage.total, cost=cost) + batch.lost_spend
@@ -326,15 +341,28 @@ def _commit_processed(engine: Engine, batch: BatchRecord, ref: BlobRef, out: Bat
         "failed_ref": failed_ref.model_dump(mode="json") if failed_ref else None,
         "failure_output_ref": failure_output_ref.model_dump(mode="json") if failure_output_ref else None,
         "outcomes": out.outcomes, "usage": out.usage, "cost": cost, "passed": passed, "processed_at": time.time(),
+        "completion": out.completion.to_dict(),
     }))
     changes.set(TASK, task.model_copy(update=update))
     engine.commit(changes, f"processed batch {batch.local_id}: {out.outcomes.model_dump()}")
-    log.info("processed batch %d: ok %d, retried %d, failed %d, follow-ups %d, $%.4f", batch.local_id,
-             out.outcomes.ok, out.outcomes.retried, out.outcomes.failed, out.outcomes.followups, cost)
-    if update["consecutive_pass_failures"] > engine.options.max_pass_failures:
-        raise EngineStop(
-            f"{update['consecutive_pass_failures']} batches in a row had fewer than {engine.options.min_pass_ratio:.0%} "
-            f"successful requests (last: batch {batch.local_id}, {ratio:.0%}): stopping before more money is spent. "
-            "Look at the failed requests (failed/*.jsonl in the task folder), fix the cause, then rerun "
-            "(--max_pass_failures / --min_pass_ratio change the rule)"
-        )
+    log.info("processed batch %d: ok %d, retried %d, failed %d, follow-ups %d, $%.4f; completion tokens max %d, "
+             "p95 %d", batch.local_id, out.outcomes.ok, out.outcomes.retried, out.outcomes.failed,
+             out.outcomes.followups, cost, out.completion.max_tokens, out.completion.p95_tokens())
+    if passed is False and update["consecutive_pass_failures"] >= engine.options.max_pass_failures:
+        raise EngineStop(_pass_failure_stop(engine, batch.local_id, ratio, update["consecutive_pass_failures"]))
+
+
+def _pass_failure_stop(engine: Engine, local_id: int, ratio: float, streak: int) -> str:
+    """The stop message after ``streak`` failing batches in a row; it names failed files only when there are some."""
+    options = engine.options
+    judged = [b for b in engine.state.batches_in("processed") if b.passed is not None]
+    files = [BlobRef.model_validate(b.failed_ref).path for b in judged[-streak:] if b.failed_ref is not None]
+    if files:
+        where = f"look at the requests that failed for good ({', '.join(files)} in {engine.store.url})"
+    else:
+        where = ("none failed for good yet: their requests were requeued for a retry (the reasons are in the "
+                 "warnings above; --direct_verbose error shows them with the direct API)")
+    return (f"{streak} batches in a row had fewer than {options.min_pass_ratio:.0%} successful requests (last: batch "
+            f"{local_id}, {ratio:.0%}; --max_pass_failures {options.max_pass_failures}): stopping before more money "
+            f"is spent. To go on, {where}, fix the cause, then rerun (--max_pass_failures / --min_pass_ratio change "
+            "the rule)")

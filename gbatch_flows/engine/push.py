@@ -13,8 +13,8 @@ import time
 
 import openai
 
-from gbatch_flows import api
-from gbatch_flows.engine import limits
+from gbatch_flows import api, endpoints
+from gbatch_flows.engine import limits, quota_gate
 from gbatch_flows.engine.context import Engine, EngineStop
 from gbatch_flows.engine.state import TOTALS, Changes, session_key
 from gbatch_flows.models import BatchRecord
@@ -56,6 +56,7 @@ def adopt_pushing(engine: Engine) -> int:
 
 def push(engine: Engine) -> str | None:
     """Push assembled batches while the limits allow; returns the limit that stopped pushing (or None)."""
+    quota_gate.sync(engine)
     for batch in engine.state.batches_in("pushing"):
         if batch.mode == "batch":
             _resume_pushing(engine, batch)
@@ -66,7 +67,8 @@ def push(engine: Engine) -> str | None:
         if batch.not_before and time.time() < batch.not_before and state.batches_in("pushing", "pushed"):
             log.info("batch %d waits for the enqueued-token limit: remote batches must finish first", batch.local_id)
             return "enqueued token limit"
-        refusal = limits.push_refusal(engine.options, state, engine.session_id, batch)
+        refusal = limits.push_refusal(engine.options, state, engine.session_id, batch) or \
+            quota_gate.reserve(engine, batch)
         if refusal:
             log.info("batch %d waits: %s reached", batch.local_id, refusal)
             return refusal
@@ -108,7 +110,7 @@ def _create_remote(engine: Engine, batch: BatchRecord) -> None:
             uploaded = engine.client.files.create(file=(f"gbatch_{batch.local_id:06d}.jsonl", fh), purpose="batch")
         remote = engine.client.batches.create(
             input_file_id=uploaded.id,
-            endpoint=batch.endpoint,  # type: ignore[arg-type]
+            endpoint=endpoints.azure_path(batch.endpoint) if engine.azure else batch.endpoint,  # type: ignore[arg-type]
             completion_window="24h",
             metadata=metadata_for(task_id, batch.local_id),
         )
@@ -130,4 +132,5 @@ def _commit_pushed(engine: Engine, batch: BatchRecord, remote_id: str, file_id: 
         )
     )
     engine.commit(changes, f"pushed batch {batch.local_id} as {remote_id}")
+    quota_gate.pushed(engine, current, remote_id)
     log.info("pushed batch %d as %s (%d requests)", batch.local_id, remote_id, batch.requests)

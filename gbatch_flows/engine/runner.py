@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from gbatch_flows.engine import limits
+from gbatch_flows.engine import limits, quota_gate
 from gbatch_flows.engine.assemble import assemble
 from gbatch_flows.engine.context import Engine, EngineStop
 from gbatch_flows.engine.direct import DirectStats, run_direct
@@ -74,8 +74,8 @@ def blocked_reason(engine: Engine) -> str | None:
     if state.batches_in("pushing", "pushed", "done"):
         return None
     waiting = state.batches_in("assembled")
-    if waiting:
-        return limits.spend_refusal(engine.options, state, engine.session_id, waiting[0])
+    if waiting:  # nothing is remote: a remote-queue limit that still refuses (max_remote_batches 0) blocks too
+        return limits.push_refusal(engine.options, state, engine.session_id, waiting[0])
     if state.queued_requests():
         session, task = limits.spend_caps(engine.options, state, engine.session_id)
         for scope, caps in (("session", session), ("task", task)):
@@ -103,9 +103,10 @@ def wait_for_batches(engine: Engine, sleep: Callable[[float], None], max_wait_s:
     while True:
         report = poll(engine)
         if report.finished:
+            quota_gate.sync(engine)  # their tokens leave the shared queue now, before they are processed
             return WaitResult(report.finished, waited, False, report.progress)
-        if not engine.state.batches_in("pushed"):
-            sleep(wait)
+        if not engine.state.batches_in("pushed") or quota_gate.waiting(engine):
+            sleep(wait)  # nothing remote to wait for, or the shared quota may have room now: push again soon
             return WaitResult([], waited + wait, False, report.progress)
         if max_wait_s is not None and waited >= max_wait_s:
             return WaitResult([], waited, True, report.progress)
@@ -160,7 +161,11 @@ def verdict(engine: Engine, progressed: bool) -> RunSummary | None:
         return RunSummary("stopped", reason, state.generation, counts(state))
     blocked = blocked_reason(engine)
     if blocked and not progressed:
-        return RunSummary("stopped", f"{blocked} reached: nothing more can be sent in this session",
+        from gbatch_flows.status import batch_files
+
+        files = batch_files(engine)
+        where = f"; unpushed batch file(s) to inspect: {', '.join(files)}" if files else ""
+        return RunSummary("stopped", f"{blocked} reached: nothing more can be sent in this session{where}",
                           state.generation, counts(state))
     return None
 
@@ -192,6 +197,7 @@ class Runner:
                 stages.adopt()
             engine.refresh()
             if (summary := verdict(engine, progressed)) is not None:
+                quota_gate.sync(engine)
                 return summary
             waited = WaitResult()
             if not progressed and not engine.state.batches_in("done"):

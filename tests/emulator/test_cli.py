@@ -22,7 +22,8 @@ def test_help_lists_the_knobs() -> None:
     result = subprocess.run([*COMMAND, "--help"], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     for flag in ("--port", "--batch-duration", "--no-batch-api", "--api-key", "--rpm", "--tpm", "--state-dir",
-                 "--enqueued-token-limit", "--fault-rate", "--fault-script", "--max-file-bytes", "--responder"):
+                 "--enqueued-token-limit", "--fault-rate", "--fault-script", "--max-file-bytes", "--responder",
+                 "--rate-limit-burst-seconds", "--azure", "--azure-deployments"):
         assert flag in result.stdout
 
 

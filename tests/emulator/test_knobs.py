@@ -21,7 +21,7 @@ def _chat(client: openai.OpenAI, model: str = "gpt-4o-mini", **kwargs: Any) -> A
 
 
 def test_rpm_limit_answers_429_with_headers(emulator_factory) -> None:
-    emu, client = emulator_factory(rpm=2)
+    emu, client = emulator_factory(rpm=2, rate_limit_burst_seconds=60)  # the whole minute's allowance at once
     for remaining in ("1", "0"):
         raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=USER)
         assert raw.headers["x-ratelimit-limit-requests"] == "2"

@@ -163,3 +163,26 @@ def test_errors_match_the_spec(spec, client: openai.OpenAI) -> None:
         body = failure.response.json()
         assert set(body["error"]) == {"message", "type", "param", "code"}
         check(spec, "ErrorResponse", body)
+
+
+def test_responses_completions_and_moderations_match_the_spec(spec, client: openai.OpenAI) -> None:
+    schema = {"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"],
+              "additionalProperties": False}
+    for kwargs in ({}, {"text": {"format": {"type": "json_schema", "name": "s", "schema": schema, "strict": True}}},
+                   {"max_output_tokens": 16, "instructions": "Be long."}):
+        check(spec, "Response", raw_json(client.responses.with_raw_response.create(
+            model="gpt-4o-mini", input=[{"role": "user", "content": "hi"}], **kwargs)))
+    check(spec, "CreateCompletionResponse", raw_json(client.completions.with_raw_response.create(
+        model="gpt-3.5-turbo-instruct", prompt=["a", "b"], n=2)))
+    check(spec, "CreateModerationResponse", raw_json(client.moderations.with_raw_response.create(
+        input=["calm", "[flag:violence]"])))
+    check(spec, "CreateModerationResponse", raw_json(client.moderations.with_raw_response.create(
+        input=[{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}])))
+
+    lines = [{"custom_id": f"r{i}", "method": "POST", "url": "/v1/responses",
+              "body": {"model": "gpt-4o-mini", "input": f"q{i}"}} for i in range(2)]
+    batch = client.batches.retrieve(start_batch(client, lines, endpoint="/v1/responses").id)
+    check(spec, "Batch", raw_json(client.batches.with_raw_response.retrieve(batch.id)))
+    for line in read_lines(client, batch.output_file_id):
+        check(spec, "Response", line["response"]["body"])
+    check(spec, "OpenAIFile", raw_json(client.files.with_raw_response.retrieve(batch.output_file_id)))

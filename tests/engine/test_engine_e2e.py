@@ -91,13 +91,32 @@ def test_rejected_responses_retried_until_max_retries(tmp_path, emulator):
     assert sum(1 for r in out.values() if "answer" in r) == 3
 
 
-def test_pass_failures_abort_with_clear_message(tmp_path, emulator):
-    options = make_options(tmp_path, max_batch_requests=2, max_retries=0, min_pass_ratio=0.9, max_pass_failures=1)
+@pytest.mark.parametrize("max_pass_failures", [1, 2])
+def test_pass_failures_abort_after_exactly_n_failing_batches(tmp_path, emulator, max_pass_failures):
+    options = make_options(tmp_path, max_batch_requests=2, max_retries=0, min_pass_ratio=0.9,
+                           max_pass_failures=max_pass_failures, max_remote_batches=1)
     task = EchoTask(n=10, invalid_keys=frozenset(f"k{i:06d}" for i in range(10)))
     with engine_for(task, options, emulator) as engine:
         summary = run_engine(engine)
+        processed = engine.state.batches_in("processed")
     assert summary.status == "error"
-    assert "2 batches in a row" in summary.reason and "--max_pass_failures" in summary.reason
+    assert len(processed) == max_pass_failures  # N failing batches, not N + 1
+    assert f"{max_pass_failures} batches in a row" in summary.reason and "--max_pass_failures" in summary.reason
+    files = [BlobRef.model_validate(b.failed_ref).path for b in processed]
+    assert files and all(path in summary.reason for path in files)
+
+
+def test_pass_failure_stop_names_no_failed_files_when_there_are_none(tmp_path, emulator):
+    """Rejected answers are requeued for a retry: nothing is in failed/*.jsonl, so the message must not send the
+    user there."""
+    options = make_options(tmp_path, max_batch_requests=2, max_retries=5, min_pass_ratio=0.9, max_pass_failures=2,
+                           max_remote_batches=1)
+    task = EchoTask(n=10, invalid_keys=frozenset(f"k{i:06d}" for i in range(10)))
+    with engine_for(task, options, emulator) as engine:
+        summary = run_engine(engine)
+        assert not any(b.failed_ref for b in engine.state.batches.values())
+    assert summary.status == "error" and "2 batches in a row" in summary.reason
+    assert "failed/" not in summary.reason and "requeued" in summary.reason
 
 
 def test_request_that_can_never_fit_is_refused_by_name(tmp_path, emulator):

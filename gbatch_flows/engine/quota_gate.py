@@ -1,0 +1,95 @@
+"""The engine's side of the shared quota (``--quota_dir``): reserve before a push intent, settle what ended.
+
+Order (see ``gbatch_flows/quota/ledger.py``): the ledger reservation comes before the task commits its push
+intent, so a crash can leave a hold without an intent (``sync`` releases it on the next run) but never an intent
+without a hold. Holds of batches that ended are settled by ``sync``, which every loop of the run calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import openai
+
+from gbatch_flows.engine import limits
+from gbatch_flows.engine.context import Engine, EngineStop
+from gbatch_flows.models import BatchRecord
+from gbatch_flows.quota import Hold, QuotaError
+
+log = logging.getLogger("gbatch_flows.engine.quota")
+
+
+def _task_id(engine: Engine) -> str:
+    return engine.state.require_task().task_id
+
+
+def reserve(engine: Engine, batch: BatchRecord) -> str | None:
+    """Reserve ``batch`` in the shared ledger; None when granted (or no ledger), else why it must wait."""
+    if engine.quota is None or batch.mode != "batch":
+        return None
+    owner = engine.lease.owner if engine.lease is not None else engine.session_id
+    hold = Hold(task_id=_task_id(engine), task=engine.store.url, local_id=batch.local_id, model=batch.model,
+                tokens=batch.tokens, cost=limits.reserved_spend(batch).cost, holder=owner,
+                reserved_at=time.time())
+    try:
+        decision = engine.quota.reserve(hold)
+    except QuotaError as exc:
+        raise EngineStop(str(exc)) from exc
+    return None if decision.granted else decision.reason
+
+
+def pushed(engine: Engine, batch: BatchRecord, remote_id: str) -> None:
+    if engine.quota is not None and batch.mode == "batch":
+        engine.quota.mark_pushed(_task_id(engine), batch.local_id, remote_id)
+
+
+def sync(engine: Engine) -> None:
+    """Release holds of batches that were never pushed and settle those that ended (actual cost and tokens);
+    leave the waiting queue when nothing is left to push."""
+    if engine.quota is None or engine.state.task is None:
+        return
+    view = {b.local_id: (b.state, b.cost, b.usage.prompt_tokens + b.usage.completion_tokens)
+            for b in engine.state.batches.values() if b.mode == "batch"}
+    done = engine.quota.sync_task(_task_id(engine), view)
+    if any(done.values()):
+        log.debug("quota: %d hold(s) released, %d settled", done["released"], done["settled"])
+    if not engine.state.batches_in("assembled"):
+        for model in {b.model for b in engine.state.batches.values()} or {engine.meta.get("model", "")}:
+            engine.quota.withdraw(_task_id(engine), model)
+
+
+def waiting(engine: Engine) -> bool:
+    """Whether batches wait for room in the shared quota (room another task frees must be taken at once)."""
+    return engine.quota is not None and bool(engine.state.batches_in("assembled"))
+
+
+def _remote_status(engine: Engine, hold: Hold) -> str | None:
+    """What the remote knows of a hold's batch: its status, or None when no such batch exists."""
+    if hold.remote_id:
+        try:
+            return engine.client.batches.retrieve(hold.remote_id).status
+        except openai.NotFoundError:
+            return None
+    for remote in engine.client.batches.list(limit=100):
+        meta = remote.metadata or {}
+        if meta.get("gbatch_task") == hold.task_id and meta.get("gbatch_local_id") == str(hold.local_id):
+            return remote.status
+        if remote.created_at < hold.reserved_at - 3600:
+            break
+    return None
+
+
+def start(engine: Engine) -> None:
+    """At the start of a run: settle this task's own holds, and reclaim those of tasks that left theirs behind
+    (their batch is over, or was never created, and nobody settled it)."""
+    if engine.quota is None:
+        return
+    sync(engine)
+    try:
+        reclaimed = engine.quota.reclaim(lambda hold: _remote_status(engine, hold), exclude_task=_task_id(engine))
+    except openai.OpenAIError as exc:
+        log.warning("quota: could not check other tasks' holds against the remote (%s); later runs will", exc)
+        return
+    if reclaimed:
+        log.warning("quota: reclaimed %d hold(s) left behind by other tasks", len(reclaimed))
