@@ -25,7 +25,7 @@ README = REPO / "README.md"
 DEPLOYMENTS = REPO / "deployments" / "README.md"
 
 CI = ".ci/run (the two Quick start commands, in one fresh venv)"
-FAST = "tests/docs/test_readme.py"
+FAST = "tests/docs/test_readme.py (demo runs marked slow, as they take 10-30 s each)"
 PREFECT = "tests/docs/test_readme.py, slow: through a Prefect server"
 E2E = "tests/deploy/test_server_e2e.py, slow: a Prefect server, workers, prefect.yaml"
 
@@ -143,6 +143,7 @@ def printable_ascii() -> list[int]:
     return list(range(0x21, 0x7F))  # char_codes' default --char_ranges: 94 characters
 
 
+@pytest.mark.slow  # a whole demo run (the quick tier keeps --help)
 def test_help_and_the_run_without_prefect(tmp_path: Path) -> None:
     work = checkout_copy(tmp_path / "checkout")
     shown = run("python flows/char_codes.py --help", work, doc_env()).stdout
@@ -152,6 +153,7 @@ def test_help_and_the_run_without_prefect(tmp_path: Path) -> None:
     assert sorted(r["codepoint"] for r in records(work, "char_codes")) == printable_ascii()
 
 
+@pytest.mark.slow  # both demos, whole
 def test_one_emulator_serves_both_demos_as_documented(tmp_path: Path) -> None:
     if not port_is_free(8000):
         pytest.skip("port 8000 (the README's emulator port) is in use here")
