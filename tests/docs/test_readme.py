@@ -143,11 +143,15 @@ def printable_ascii() -> list[int]:
     return list(range(0x21, 0x7F))  # char_codes' default --char_ranges: 94 characters
 
 
-@pytest.mark.slow  # a whole demo run (the quick tier keeps --help)
-def test_help_and_the_run_without_prefect(tmp_path: Path) -> None:
+def test_help(tmp_path: Path) -> None:
     work = checkout_copy(tmp_path / "checkout")
     shown = run("python flows/char_codes.py --help", work, doc_env()).stdout
     assert "--max_session_cost" in shown and "--char_ranges" in shown
+
+
+@pytest.mark.slow  # a whole demo run
+def test_run_without_prefect(tmp_path: Path) -> None:
+    work = checkout_copy(tmp_path / "checkout")
     done = run("python flows/char_codes.py --no_prefect", work, doc_env())
     assert "bundled OpenAI emulator" in done.stdout
     assert sorted(r["codepoint"] for r in records(work, "char_codes")) == printable_ascii()
