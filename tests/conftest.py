@@ -8,6 +8,15 @@ import pytest
 
 from gbatch_flows.testing.moto import MotoS3, moto_s3_server
 
+SLOW_FIXTURES = {"prefect_server"}  # a Prefect server (tests/flow): the test tier `-m "not slow"` leaves them out
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that use a Prefect server are `slow`, wherever they are."""
+    for item in items:
+        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[MotoS3]:

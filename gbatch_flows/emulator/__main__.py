@@ -3,14 +3,48 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import sys
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from .config import EmulatorConfig, FaultRates
+from .responders import default_responder
 from .server import serve
+
+# The default responder of the standalone emulator answers like the demos in flows/, so one emulator serves both:
+# a request's response_format schema name picks the demo whose `emulator_answer` replies (any other request gets
+# the generic answer). `--responder '*=...'` replaces it.
+DEMO_SCHEMAS = {"CharInfo": "char_codes", "EmotionAnswer": "utterance_emotion"}
+DEMO_RESPONDER = "gbatch_flows.emulator.__main__:demo_responder"
+
+
+@cache
+def _demo_answer(demo: str) -> Any:
+    """`emulator_answer` of flows/<demo>.py (a checkout's, or the working directory's), or None."""
+    for folder in (Path(__file__).resolve().parents[2] / "flows", Path.cwd() / "flows"):
+        path = folder / f"{demo}.py"
+        if path.is_file():
+            spec = importlib.util.spec_from_file_location(f"gbatch_demo_{demo}", path)
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module  # pydantic resolves the demo models' annotations through sys.modules
+            spec.loader.exec_module(module)
+            return module.emulator_answer
+    return None
+
+
+def demo_responder(body: dict[str, Any], ctx: Any) -> str:
+    """The answer of the demo whose schema the request asks for (`response_format.json_schema.name`)."""
+    response_format = body.get("response_format")
+    spec = response_format.get("json_schema") if isinstance(response_format, dict) else None
+    demo = DEMO_SCHEMAS.get(spec.get("name")) if isinstance(spec, dict) else None
+    answer = _demo_answer(demo) if demo else None
+    return answer(body, ctx) if answer else default_responder(body, ctx)
 
 
 def _pairs(values: list[str] | None, flag: str, convert: Any = str) -> dict[str, Any]:
@@ -81,7 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--no-prompt-cache", dest="prompt_cache", action="store_false",
         help="never report cached prompt tokens")
     add("--responder", action="append", metavar="MODEL=MODULE:FUNCTION",
-        help="responder for a model ('*' = all), e.g. '*=mypkg.fake:answer' (repeatable)")
+        help="responder for a model ('*' = all), e.g. '*=mypkg.fake:answer' (repeatable). Default: the demos' "
+             "answers (flows/char_codes.py, flows/utterance_emotion.py, chosen by the response_format schema name), "
+             "else schema-valid synthetic JSON or text")
     add("--fault-seed", type=int, help="seed of the fault RNG (default 0)")
     add("--fault-rate", action="append", metavar="KIND=RATE",
         help=f"fault probability, KIND one of {sorted(k for k in FaultRates.model_fields if k != 'ops')} "
@@ -121,6 +157,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
     if "responder" in options:
         data["responders"] = _pairs(options.pop("responder"), "--responder")
     data.update(options)
+    data["responders"] = {"*": DEMO_RESPONDER, **(data.get("responders") or {})}
     return EmulatorConfig.model_validate(data)
 
 

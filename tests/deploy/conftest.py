@@ -16,17 +16,20 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from gbatch_flows.testing.docs import documented_commands, normalized
 from gbatch_flows.testing.moto import MotoS3, moto_s3_server
 
 REPO = Path(__file__).resolve().parents[2]
+DEPLOYMENTS_README = REPO / "deployments" / "README.md"
 PREFECT = [sys.executable, "-m", "prefect"]  # the CLI of the Prefect installed with these tests
+DOC_PORT = 4200  # the server port deployments/README.md shows
 DUMMY_KEY = "sk-test-dummy-deploy-e2e-7f3a"
 START_TIMEOUT_S = 120.0
 RUN_TIMEOUT_S = 120.0
@@ -129,11 +132,68 @@ def wait_http(url: str, service: Service, timeout: float = START_TIMEOUT_S) -> N
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """The test's environment without Prefect, AWS or OpenAI settings, plus ``extra``."""
+    """The test's environment without Prefect, AWS or OpenAI settings, plus ``extra`` (``prefect`` and ``python`` on
+    PATH are this environment's)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AWS_", "OPENAI_"))}
-    env.update(PYTHONUNBUFFERED="1", WANDB_MODE="disabled", PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    env.update(PYTHONUNBUFFERED="1", WANDB_MODE="disabled", PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
     env.update(extra)
     return env
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@dataclass
+class DocCommands:
+    """The commands of deployments/README.md, as the test runs them: the server port is the README's (4200) when it
+    is free here, else a free one put in its place; placeholders (`/path/to/...`, `sk-...`) get the test's values."""
+
+    port: int
+    commands: list[str]
+    used: set[str] = field(default_factory=set)  # the commands the tests ran (normalized)
+
+    @classmethod
+    def load(cls, port: int) -> DocCommands:
+        return cls(port, documented_commands(DEPLOYMENTS_README))
+
+    def get(self, start: str) -> list[str]:
+        """The documented commands that start with ``start``, ready to run."""
+        found = [c for c in self.commands if normalized(c).startswith(start)]
+        assert found, f"deployments/README.md shows no command starting with {start!r}"
+        return [c.replace(f":{DOC_PORT}", f":{self.port}").replace(f"--port {DOC_PORT}", f"--port {self.port}")
+                for c in found]
+
+    def one(self, start: str) -> str:
+        """The documented command that is ``start``, or else the only one that starts with it."""
+        found = self.get(start)
+        exact = [c for c in found if normalized(c) == start]
+        (command,) = set(exact or found)
+        self.used.add(normalized(command))
+        return command
+
+    def exports(self, **placeholders: str) -> dict[str, str]:
+        """The README's `export NAME=value` lines; ``placeholders`` give the values of NAME=<placeholder>."""
+        env: dict[str, str] = {}
+        for command in self.get("export "):
+            self.used.add(normalized(command))
+            name, _, value = command.removeprefix("export ").partition("=")
+            env[name] = placeholders.get(name, value)
+        return env
+
+
+def bash(command: str, env: dict[str, str], timeout: float = 300.0) -> subprocess.CompletedProcess[str]:
+    """A documented command, run as written with bash from the repository root."""
+    done = subprocess.run(["bash", "-c", command], env=env, cwd=REPO, text=True, capture_output=True,
+                          timeout=timeout, check=False)
+    assert done.returncode == 0, f"$ {command}\nexit {done.returncode}\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    return done
 
 
 # --------------------------------------------------------------------------------------------------- fixtures
@@ -146,9 +206,16 @@ class PrefectApi:
     url: str
     home: Path
     logs: Path
+    docs: DocCommands
 
     def env(self, **extra: str) -> dict[str, str]:
         return clean_env(PREFECT_API_URL=self.url, PREFECT_HOME=str(self.home), **extra)
+
+    def doc(self, start: str, timeout: float = 300.0, **extra: str) -> subprocess.CompletedProcess[str]:
+        """Run the one deployments/README.md command that starts with ``start`` in the environment of the README's
+        second shell (its PREFECT_* exports; GBATCH_REPO and the key belong to the worker's shell) + extra."""
+        exports = {k: v for k, v in self.docs.exports().items() if k.startswith("PREFECT_")}
+        return bash(self.docs.one(start), {**self.env(), **exports, **extra}, timeout)
 
     def cli(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
         done = subprocess.run([*PREFECT, "--no-prompt", *args], env=self.env(), cwd=REPO, text=True,
@@ -180,14 +247,16 @@ def e2e_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def prefect_api(e2e_dir: Path) -> Iterator[PrefectApi]:
-    """``prefect server start`` on a free port with a new PREFECT_HOME (the scheduler service off: the schedules
-    of prefect.yaml are registered, but create no runs during the test)."""
-    port = free_port()
-    api = PrefectApi(url=f"http://127.0.0.1:{port}/api", home=e2e_dir / "prefect-home", logs=e2e_dir)
+    """deployments/README.md's ``prefect server start`` (on a free port if its port is taken here) with a new
+    PREFECT_HOME; the scheduler service is off: the schedules of prefect.yaml are registered, but create no runs
+    during the test."""
+    docs = DocCommands.load(DOC_PORT if port_is_free(DOC_PORT) else free_port())
+    api = PrefectApi(url=docs.exports()["PREFECT_API_URL"], home=e2e_dir / "prefect-home", logs=e2e_dir, docs=docs)
+    assert api.url == f"http://127.0.0.1:{docs.port}/api"
     env = clean_env(PREFECT_HOME=str(api.home), PREFECT_UI_ENABLED="false",
-                    PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED="false")
-    server = Service("prefect-server", [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                     env, e2e_dir)
+                    PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED="false", **docs.exports())
+    command = docs.one("prefect server start")
+    server = Service("prefect-server", ["bash", "-c", f"exec {command}"], env, e2e_dir)
     try:
         wait_http(f"{api.url}/health", server)
         yield api
@@ -218,10 +287,10 @@ class EmulatorProcess:
 
 @pytest.fixture(scope="module")
 def emulator(e2e_dir: Path) -> Iterator[EmulatorProcess]:
-    """``python -m gbatch_flows.emulator`` answering like the char_codes demo, while its gate file exists."""
+    """``python -m gbatch_flows.emulator`` answering like the demos (its default), while its gate file exists."""
     port = free_port()
     gate = e2e_dir / "emulator-gate"
-    env = clean_env(PYTHONPATH=str(Path(__file__).parent), GBATCH_TEST_GATE=str(gate))
+    env = clean_env(PYTHONPATH=f"{Path(__file__).parent}{os.pathsep}{REPO}", GBATCH_TEST_GATE=str(gate))
     command = [sys.executable, "-m", "gbatch_flows.emulator", "--port", str(port), "--batch-duration", "0.2",
                "--responder", "*=gated_responder:answer", "--log-level", "warning"]
     service = Service("emulator", command, env, e2e_dir)
@@ -245,29 +314,44 @@ class Workers:
     started: list[Service]
 
     def start(self) -> Service:
+        """deployments/README.md's ``prefect worker start --pool local``."""
         name = f"worker-{len(self.started) + 1}"
-        worker = Service(name, [*PREFECT, "worker", "start", "--pool", "local", "--name", name], self.env,
-                         self.log_dir)
+        command = self.api.docs.one("prefect worker start")
+        worker = Service(name, ["bash", "-c", f"exec {command}"], self.env, self.log_dir)
         self.started.append(worker)
         return worker
 
 
 @pytest.fixture(scope="module")
-def workers(prefect_api: PrefectApi, s3: tuple[MotoS3, str], e2e_dir: Path) -> Iterator[Workers]:
-    """Workers whose environment holds every secret: the (dummy) OpenAI key and the S3 credentials + endpoint.
+def checkout(e2e_dir: Path) -> Path:
+    """The worker's checkout (``GBATCH_REPO``): flows/ is this repository's, ``tasks/`` (the shipped task_dir) is
+    new, so the runs with prefect.yaml's parameters write there and not into the repository."""
+    folder = e2e_dir / "checkout"
+    folder.mkdir()
+    (folder / "flows").symlink_to(REPO / "flows", target_is_directory=True)
+    return folder
 
-    ``GBATCH_REPO`` tells prefect.yaml's pull step where the checkout is.
+
+@pytest.fixture(scope="module")
+def workers(prefect_api: PrefectApi, s3: tuple[MotoS3, str], e2e_dir: Path, checkout: Path,
+            emulator: EmulatorProcess) -> Iterator[Workers]:
+    """Workers set up as deployments/README.md says (its `export` lines), their environment holding every secret:
+    the (dummy) OpenAI key and the S3 credentials + endpoint.
+
+    ``GBATCH_REPO`` tells prefect.yaml's pull step where the checkout is; ``OPENAI_BASE_URL`` points the runs that
+    keep prefect.yaml's parameters (no ``client_base_url``) at the emulator instead of OpenAI.
     """
     moto, _ = s3
-    env = prefect_api.env(
-        GBATCH_REPO=str(REPO),
-        PREFECT_WORKER_QUERY_SECONDS="1",
-        OPENAI_API_KEY=DUMMY_KEY,
-        AWS_ACCESS_KEY_ID="testing",
-        AWS_SECRET_ACCESS_KEY="testing",
-        AWS_DEFAULT_REGION="us-east-1",
-        AWS_ENDPOINT_URL_S3=moto.endpoint_url,
-    )
+    env = {
+        **prefect_api.env(),
+        **prefect_api.docs.exports(GBATCH_REPO=str(checkout), OPENAI_API_KEY=DUMMY_KEY),
+        "OPENAI_BASE_URL": emulator.base_url,
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL_S3": moto.endpoint_url,
+    }
     pool = Workers(prefect_api, env, e2e_dir, [])
     try:
         yield pool

@@ -1,7 +1,9 @@
 """End to end through a real Prefect server (issue "Step 6"): prefect.yaml deployed to a `process` pool, a worker
 runs the char_codes demo on S3 (moto) against the emulator; a worker killed mid-run; `prefect flow-run retry`.
+Every command of deployments/README.md runs here as written (the server, pool, deploy, worker, triggered runs,
+watching), and each deployment runs with the parameters prefect.yaml ships.
 
-Runs in the default ``python -m pytest`` (marked ``slow`` and ``s3`` only to be selectable).
+Runs in the default ``python -m pytest``, not in ``-m "not slow"``.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import pytest
 import s3fs
 
 from gbatch_flows.store import open_store
+from gbatch_flows.testing.docs import normalized
 
-from .conftest import DUMMY_KEY, RUN_TIMEOUT_S, EmulatorProcess, PrefectApi, Workers, dumps, is_running
+from .conftest import DUMMY_KEY, REPO, RUN_TIMEOUT_S, EmulatorProcess, PrefectApi, Workers, dumps, is_running
 
 pytestmark = [pytest.mark.slow, pytest.mark.s3]
 
@@ -27,9 +30,9 @@ TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
 
 @pytest.fixture(scope="module")
 def deployments(prefect_api: PrefectApi) -> dict[str, dict[str, Any]]:
-    """The README's steps: create the `local` process pool, deploy everything in prefect.yaml."""
-    prefect_api.cli("work-pool", "create", "local", "--type", "process")
-    prefect_api.cli("deploy", "--all")
+    """deployments/README.md's steps: create the `local` process pool, deploy everything in prefect.yaml."""
+    prefect_api.doc("prefect work-pool create local --type process")
+    prefect_api.doc("prefect --no-prompt deploy --all")
     return {d["name"]: d for d in prefect_api.post("/deployments/filter", {})}
 
 
@@ -164,6 +167,62 @@ def test_killed_worker_then_retry_finishes_without_duplicates(
     wait_state(prefect_api, run_d, "COMPLETED", workers)
     assert fs.cat(output) == data
     assert emulator.stats()["batches_created"] == after["batches_created"]
+
+
+def records(path: Any) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run_id_of(output: str) -> str:
+    return re.search(r"UUID:\s*([0-9a-f-]{36})", output).group(1)
+
+
+def test_documented_runs_with_the_shipped_parameters(
+        prefect_api: PrefectApi, deployments: dict[str, dict[str, Any]], workers: Workers,
+        emulator: EmulatorProcess, checkout: Any) -> None:
+    """Each deployment runs with prefect.yaml's own parameters (the worker's OPENAI_BASE_URL points them at the
+    emulator; tasks/ is the worker checkout's), then deployments/README.md's triggered and watching commands."""
+    emulator.open_gate()
+    if not workers.started or workers.started[-1].proc.poll() is not None:
+        workers.start()
+    shipped = {name: d["parameters"] for name, d in deployments.items()}
+    assert shipped["char-codes"]["options"]["max_session_cost"] == 1.0  # as in prefect.yaml, no override
+    assert "client_base_url" not in shipped["char-codes"]["options"]
+
+    # `prefect deployment run 'char-codes/char-codes'`: the deployment's parameters, as shipped.
+    run_id = run_id_of(prefect_api.doc("prefect deployment run 'char-codes/char-codes'").stdout)
+    run = wait_state(prefect_api, run_id, "COMPLETED", workers)
+    assert run["parameters"] == shipped["char-codes"]
+    ranges = [(0x41, 0x5A), (0x3B1, 0x3C9)]
+    assert shipped["char-codes"]["params"]["char_ranges"] == ",".join(f"0x{a:X}-0x{b:X}" for a, b in ranges)
+    expected = sorted(c for a, b in ranges for c in range(a, b + 1))
+    assert sorted(r["codepoint"] for r in records(checkout / "tasks" / "char_codes" / "char_codes_output.jsonl")) \
+        == expected
+
+    # The other deployment, triggered the same way with its parameters as shipped.
+    run_id = run_id_of(prefect_api.cli("deployment", "run", "utterance-emotion/utterance-emotion").stdout)
+    run = wait_state(prefect_api, run_id, "COMPLETED", workers)
+    assert run["parameters"] == shipped["utterance-emotion"]
+    utterances = [u for u in (REPO / "flows" / "data" / "utterances.jsonl").read_text().splitlines() if u.strip()]
+    emotions = records(checkout / "tasks" / "utterance_emotion" / "utterance_emotion_output.jsonl")
+    assert len(emotions) == len(utterances)
+    assert all(sum(r["votes"].values()) >= 3 for r in emotions)  # opinions_min 3, as shipped
+
+    # The run with parameters of its own, watched to its end (`--watch` exits 1 unless it completes).
+    prefect_api.doc("prefect deployment run 'char-codes/char-codes' --params", timeout=RUN_TIMEOUT_S * 2)
+    letters = records(checkout / "tasks" / "letters" / "char_codes" / "char_codes_output.jsonl")
+    assert sorted(r["codepoint"] for r in letters) == CODEPOINTS
+
+    # Watching, as documented.
+    assert "char_codes-" in prefect_api.doc("prefect flow-run ls --flow-name char-codes --limit 5").stdout
+    assert "char-codes-summary" in prefect_api.doc("prefect artifact ls").stdout
+    assert "records" in prefect_api.doc("prefect artifact inspect char-codes-summary").stdout
+
+
+def test_every_command_of_deployments_readme_ran(prefect_api: PrefectApi) -> None:
+    """The tests above ran each command deployments/README.md shows (the prefect_api fixture records them)."""
+    shown = {normalized(c) for c in prefect_api.docs.commands}
+    assert shown - prefect_api.docs.used == set()
 
 
 def test_no_secret_reaches_the_server(prefect_api: PrefectApi, deployments: dict[str, dict[str, Any]],

@@ -83,3 +83,12 @@ def test_server_process_runs_a_whole_batch_life_cycle(server_url: str) -> None:
     with (openai.OpenAI(base_url=server_url, api_key="sk-wrong", max_retries=0) as wrong,
           pytest.raises(openai.AuthenticationError)):
         wrong.models.list()
+
+
+def test_demo_responder_is_the_default_and_can_be_replaced() -> None:
+    """Both demos against one standalone emulator: tests/docs/test_readme.py (the README's commands)."""
+    from gbatch_flows.emulator.__main__ import DEMO_RESPONDER, build_parser, config_from_args
+
+    assert config_from_args(build_parser().parse_args([])).responders == {"*": DEMO_RESPONDER}
+    given = config_from_args(build_parser().parse_args(["--responder", "*=pkg.mod:fn", "--responder", "m=a.b:c"]))
+    assert given.responders == {"*": "pkg.mod:fn", "m": "a.b:c"}

@@ -79,6 +79,7 @@ def stop_campaign(kind: str, request: pytest.FixtureRequest, tmp_path: Path, for
     return result
 
 
+@pytest.mark.slow  # a kill campaign
 @pytest.mark.parametrize("kind", ["local", "s3"])
 def test_sigkill_at_random_moments(kind: str, request: pytest.FixtureRequest, tmp_path: Path, scale: Scale,
                                    forkserver: Forkserver, figures: dict) -> None:

@@ -35,7 +35,7 @@ FLOW_ARGV_LEAK = ("engine bug: through the Prefect flow the options are rebuilt 
 @pytest.mark.parametrize("mode", [
     "key in the environment, no Prefect, W&B",
     "key on the command line, no Prefect, W&B",
-    "key on the command line, Prefect flow",
+    pytest.param("key on the command line, Prefect flow", marks=pytest.mark.slow),  # a temporary Prefect server
 ])
 def test_api_key_is_never_written_anywhere(mode: str, tmp_path: Path, figures: dict) -> None:
     secret = uuid.uuid4().hex + uuid.uuid4().hex

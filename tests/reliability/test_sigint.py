@@ -25,6 +25,7 @@ SEED = 20241126
 CHILD = Path(__file__).with_name("child.py")
 
 
+@pytest.mark.slow  # a kill (Ctrl+C) campaign
 @pytest.mark.parametrize("kind", ["local", "s3"])
 def test_ctrl_c_at_random_moments(kind: str, request: pytest.FixtureRequest, tmp_path: Path, scale: Scale,
                                   forkserver: Forkserver, figures: dict) -> None:
@@ -72,6 +73,7 @@ def _read_markers(proc: subprocess.Popen, until: str, timeout: float) -> list[st
     raise AssertionError(f"no marker {until!r} within {timeout}s (the run ended?): {seen[-5:]}")
 
 
+@pytest.mark.slow  # Ctrl+C campaign in real interpreters
 @pytest.mark.parametrize("target", ["commit", "stage push", "stage poll", "stage process-downloaded"])
 def test_ctrl_c_in_a_fresh_interpreter(target: str, tmp_path: Path, forkserver: Forkserver) -> None:
     """The real command line in its own interpreter: Ctrl+C right after a commit or during a stage gives exit

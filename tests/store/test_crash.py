@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from .conftest import Target
 
 WORKERS = Path(__file__).with_name("workers.py")
@@ -34,6 +36,7 @@ def _check_state(target: Target) -> tuple[int, bool]:
     return totals["batches"], store.exists(f"batches/{totals['batches']:06d}.jsonl")
 
 
+@pytest.mark.slow  # a kill campaign
 def test_sigkill_at_random_moments(durable_target: Target) -> None:
     rng = random.Random(20240611)
     kills, max_delay = (3, 0.2) if durable_target.kind == "s3" else (8, 0.03)
