@@ -18,8 +18,20 @@ import s3fs
 
 from gbatch_flows.store import open_store
 from gbatch_flows.testing.docs import normalized
+from gbatch_flows.testing.moto import MotoS3
 
-from .conftest import DUMMY_KEY, REPO, RUN_TIMEOUT_S, EmulatorProcess, PrefectApi, Workers, dumps, is_running
+from .conftest import (
+    DUMMY_KEY,
+    REPO,
+    RUN_TIMEOUT_S,
+    EmulatorProcess,
+    PrefectApi,
+    Workers,
+    bash,
+    clean_env,
+    dumps,
+    is_running,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.s3]
 
@@ -217,6 +229,20 @@ def test_documented_runs_with_the_shipped_parameters(
     assert "char_codes-" in prefect_api.doc("prefect flow-run ls --flow-name char-codes --limit 5").stdout
     assert "char-codes-summary" in prefect_api.doc("prefect artifact ls").stdout
     assert "records" in prefect_api.doc("prefect artifact inspect char-codes-summary").stdout
+
+
+def test_documented_quota_commands(prefect_api: PrefectApi, s3: tuple[MotoS3, str]) -> None:
+    """The shared-quota commands, as written, against S3 (moto) with credentials from the AWS environment."""
+    moto, _ = s3
+    moto.create_bucket("team-bucket")
+    env = clean_env(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
+                    AWS_ENDPOINT_URL_S3=moto.endpoint_url)
+    set_out = bash(prefect_api.docs.one("python -m gbatch_flows.quota set"), env).stdout
+    shown = bash(prefect_api.docs.one("python -m gbatch_flows.quota show"), env).stdout
+    for out in (set_out, shown):
+        assert "gpt-4o-mini: 0 tokens in flight of 2000000" in out and "of $50" in out and "of $800" in out, out
+    fs = s3fs.S3FileSystem(key="testing", secret="testing", client_kwargs={"endpoint_url": moto.endpoint_url})
+    assert fs.ls("team-bucket/gbatch-quota/manifests")  # committed like a task manifest
 
 
 def test_every_command_of_deployments_readme_ran(prefect_api: PrefectApi) -> None:
