@@ -20,7 +20,7 @@ import openai
 import orjson
 
 from gbatch_flows import costs, remote_errors
-from gbatch_flows.engine import limits
+from gbatch_flows.engine import limits, quota_gate
 from gbatch_flows.engine.assemble import assemble
 from gbatch_flows.engine.context import Engine
 from gbatch_flows.engine.direct_http import Answer, Caller, CallOutcome, ClientCaller, HttpCaller, endpoint_path
@@ -211,17 +211,22 @@ def run_direct(engine: Engine, pacer: Pacer | None = None, stats: DirectStats | 
     stats = stats or DirectStats()
     if not any(b.mode == "direct" for b in engine.state.batches_in("pushing", "assembled")):
         return []
-    return asyncio.run(_run_batches(engine, pacer, stats))
+    share = quota_gate.DirectShare(engine, pacer)
+    try:
+        return asyncio.run(_run_batches(engine, pacer, stats, share))
+    finally:
+        share.leave()
 
 
-async def _run_batches(engine: Engine, pacer: Pacer, stats: DirectStats) -> list[int]:
+async def _run_batches(engine: Engine, pacer: Pacer, stats: DirectStats,
+                       share: quota_gate.DirectShare | None = None) -> list[int]:
     """All the direct batches through one pool of workers, one event loop and one HTTP session: a batch's last
     answers overlap the next batch's first requests, and every commit runs in a thread while requests go on."""
     concurrency = max(1, engine.options.max_direct_concurrency)
     client = engine.async_client()
     caller: Caller = (ClientCaller(client) if engine.azure
                       else HttpCaller.from_client(client, concurrency))
-    pipeline = Pipeline(engine, DirectRunner(engine, pacer, stats), caller, concurrency * CHUNK_PER_SLOT)
+    pipeline = Pipeline(engine, DirectRunner(engine, pacer, stats), caller, concurrency * CHUNK_PER_SLOT, share)
     try:
         return await pipeline.run(concurrency)
     finally:
@@ -265,8 +270,10 @@ class Pipeline:
     calls between the committed results and the committed "sent" mark (charged at their worst case, as before).
     """
 
-    def __init__(self, engine: Engine, runner: DirectRunner, caller: Caller, chunk: int) -> None:
+    def __init__(self, engine: Engine, runner: DirectRunner, caller: Caller, chunk: int,
+                 share: quota_gate.DirectShare | None = None) -> None:
         self.engine = engine
+        self.share = share  # this run's share of direct limits shared with other tasks (--quota_dir)
         self.runner = runner
         self.caller = caller
         self.chunk = chunk
@@ -385,6 +392,8 @@ class Pipeline:
                 continue
             if batch.state == "pushing" and not engine.fence.may_create_again("direct", batch.local_id):
                 continue  # a previous lease holder may still be sending its calls
+            if self.share is not None:
+                self.share.renew(batch.model)
             if batch.state == "assembled":
                 refusal = limits.spend_refusal(engine.options, engine.state, engine.session_id, batch)
                 if refusal:
@@ -417,6 +426,8 @@ class Pipeline:
         """Commit the finished prefix's results (as a new part) and the "sent up to" mark, in one commit; calls with
         an unknown outcome (``Call.unknown``) are charged at their worst case in the same commit."""
         batch = run.batch
+        if self.share is not None:
+            self.share.renew(batch.model)
         lo, hi = batch.direct_done, run.prefix
         update: dict[str, Any] = {"direct_sent": mark if lower else max(mark, batch.direct_sent)}
         if hi > lo:

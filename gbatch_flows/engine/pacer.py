@@ -168,6 +168,18 @@ class Pacer:
             elif value < current.per_minute:
                 current.set_limit(value)
 
+    def set_ceiling(self, rpm: float | None, tpm: float | None) -> None:
+        """The most this run may use from now on (its share of a limit shared with other runs, which may rise or
+        fall); None leaves that limit as it is. The server's headers still tighten it further."""
+        for kind, value in (("requests", rpm), ("tokens", tpm)):
+            if value is None or value <= 0:
+                continue
+            current: Limit | None = getattr(self, kind)
+            if current is None:
+                setattr(self, kind, Limit(value, self.window_s, self.burst_s, self.headroom))
+            else:
+                current.set_limit(value)
+
     def back_off(self, seconds: float) -> None:
         """After a 429: nothing is sent before ``seconds`` from now, and then no burst (the server's bucket is
         taken to be empty): sends resume evenly spaced."""

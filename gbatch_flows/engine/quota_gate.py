@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from typing import Any
 
 import openai
 
@@ -93,3 +95,42 @@ def start(engine: Engine) -> None:
         return
     if reclaimed:
         log.warning("quota: reclaimed %d hold(s) left behind by other tasks", len(reclaimed))
+
+
+#: How often a task sending direct requests renews its share of the shared direct limits; a task that joins waits
+#: this long before its first request, so that the tasks already sending have seen it and lowered their share.
+DIRECT_REFRESH_S = 2.0
+
+
+class DirectShare:
+    """This run's share of the direct RPM/TPM limits shared through the ledger (``quota set --max_direct_rpm``):
+    the limits split evenly between the tasks sending now, renewed every DIRECT_REFRESH_S seconds."""
+
+    def __init__(self, engine: Engine, pacer: Any, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep):
+        self.engine, self.pacer, self.clock, self.sleep = engine, pacer, clock, sleep
+        self.renewed = -float("inf")
+        self.models: set[str] = set()
+
+    def renew(self, model: str, force: bool = False) -> None:
+        quota = self.engine.quota
+        if quota is None or (not force and self.clock() - self.renewed < DIRECT_REFRESH_S and model in self.models):
+            return
+        joining = model not in self.models
+        rpm, tpm = quota.direct_share(_task_id(self.engine), model)
+        options = self.engine.options
+        self.pacer.set_ceiling(_least(rpm, options.max_direct_rpm), _least(tpm, options.max_direct_tpm))
+        self.renewed = self.clock()
+        self.models.add(model)
+        if joining and (rpm is not None or tpm is not None):
+            self.sleep(DIRECT_REFRESH_S)  # the tasks already sending see us at their next renewal, then we start
+
+    def leave(self) -> None:
+        if self.engine.quota is not None:
+            for model in self.models:
+                self.engine.quota.direct_share(_task_id(self.engine), model, active=False)
+        self.models.clear()
+
+
+def _least(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)

@@ -116,3 +116,38 @@ def test_killed_workers_leave_no_reservation_behind(forkserver: Forkserver, tmp_
         assert_complete_output(task_dir.output(), N_REQUESTS)
     report = ledger.report()["models"][MODEL]
     assert report["tokens_in_flight"] == 0 and report["tasks"] == {}, report
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n_tasks", [2, 3])
+def test_direct_tasks_share_one_rate_limit(n_tasks: int, forkserver: Forkserver, tmp_path: Path,
+                                           request: pytest.FixtureRequest, figures: dict) -> None:
+    """Tasks in direct mode against one model share its RPM through the ledger: the server never answers 429,
+    and together they use most of the limit."""
+    rpm = 1200
+    quota = str(tmp_path / "quota")
+    QuotaLedger(quota).set_limits(ModelLimits(model=MODEL, max_direct_rpm=rpm))
+    dirs = [make_task_dir("local", request, tmp_path / f"t{i}") for i in range(n_tasks)]
+    n = 200
+    with run_emulator(EmulatorConfig(rpm=rpm)) as emu:
+        runs = []
+        for i, task_dir in enumerate(dirs):
+            argv = cli_args(task_dir.task_dir, emu.base_url, n, task_dir.storage_options, quota_dir=quota,
+                            force_direct=True, max_direct_concurrency=8)
+            runs.append(forkserver.start(argv, tmp_path / f"direct{i}.log"))
+        started = time.monotonic()
+        try:
+            codes = [run.finish(timeout=300) for run in runs]
+        finally:
+            for run in runs:
+                run.close()
+        elapsed = time.monotonic() - started
+        stats = emu.stats()
+    assert codes == [0] * n_tasks, "\n".join(p.read_text()[-2000:] for p in tmp_path.glob("direct*.log"))
+    assert stats["responses_429"] == 0 and stats["rate_limited"] == 0, stats
+    for task_dir in dirs:
+        assert_complete_output(task_dir.output(), n)
+    sent = stats["requests_by_op"].get("chat.completions", 0)
+    figures[f"shared_direct_rpm[{n_tasks} tasks]"] = {"requests": sent, "seconds": round(elapsed, 1),
+                                                      "fraction_of_rpm": round(sent / (rpm / 60 * elapsed), 3)}
+    assert QuotaLedger(quota).report()["models"][MODEL]["tasks"] == {}
