@@ -96,7 +96,10 @@ def test_prefect_yaml_deploys_both_demos(prefect_api: PrefectApi, deployments: d
         assert deployment["work_pool_name"] == "local"
         assert deployment["pull_steps"] == pull  # resolved on the worker, from its environment
         assert deployment["parameters"]["options"]["task_dir"]
-        assert deployment["schedules"] and all(s["active"] for s in deployment["schedules"])
+        # shipped inactive (a real key would spend at every tick until the user turns them on), cron-anchored
+        assert deployment["schedules"] and not any(s["active"] for s in deployment["schedules"])
+        assert all(s["schedule"].get("cron") for s in deployment["schedules"])
+        assert deployment["concurrency_limit"] == 1 or (deployment.get("global_concurrency_limit") or {}).get("limit") == 1
         assert prefect_api.get(f"/flows/{deployment['flow_id']}")["name"] == name
     assert deployments["char-codes"]["parameters"]["params"]["char_ranges"]
 
@@ -145,10 +148,11 @@ def test_killed_worker_then_retry_finishes_without_duplicates(
         assert time.monotonic() < deadline, workers.started[-1].log_tail()
         time.sleep(0.05)
 
-    # 2. ... so a second run of the same task, on the same worker, is refused by its lease: Cancelled, naming it.
+    # 2. ... so a second run of the same deployment is refused before it starts by the deployment's concurrency
+    #    limit (prefect.yaml: limit 1, CANCEL_NEW): Cancelled, saying so, no worker slot taken.
     run_c = trigger(prefect_api, deployment, parameters)
     cancelled = wait_state(prefect_api, run_c, "CANCELLED", workers)
-    assert "lease" in cancelled["state"]["message"]
+    assert "concurrency limit" in cancelled["state"]["message"].lower()
 
     # 3. The worker and its flow-run process are killed mid-run. The server still thinks run B is running.
     killed = workers.started[-1].kill()
@@ -159,12 +163,15 @@ def test_killed_worker_then_retry_finishes_without_duplicates(
     assert json.loads(fs.cat(f"{bucket}/second/char_codes/lease.json"))["released"] is False
     assert not fs.exists(output)
 
-    # 4. `prefect flow-run retry` of the refused run, on a new worker, takes over the lease of the dead run B (its
-    #    holder process is gone from this host, so no need to wait for expiry), resumes the task from its
-    #    manifest and finishes it.
+    # 4. Run B is marked Crashed (what Prefect's zombie-flow detection does; deployments/README.md), which frees
+    #    the deployment's slot; `prefect flow-run retry` of it, on a new worker, takes over the lease of its dead
+    #    process (gone from this host, so no need to wait for expiry), resumes the task from its manifest and
+    #    finishes it.
+    prefect_api.post(f"/flow_runs/{run_b}/set_state", {"state": {"type": "CRASHED", "name": "Crashed",
+                                                                  "message": "worker killed"}, "force": True})
     workers.start()
-    prefect_api.cli("flow-run", "retry", run_c)
-    wait_state(prefect_api, run_c, "COMPLETED", workers)
+    prefect_api.cli("flow-run", "retry", run_b)
+    wait_state(prefect_api, run_b, "COMPLETED", workers)
     assert codepoints(fs, output) == CODEPOINTS  # every record once
     after = emulator.stats()
     pushed = {k: n - before["batches_by_local_id"].get(k, 0) for k, n in after["batches_by_local_id"].items()}
@@ -229,6 +236,20 @@ def test_documented_runs_with_the_shipped_parameters(
     assert "char_codes-" in prefect_api.doc("prefect flow-run ls --flow-name char-codes --limit 5").stdout
     assert "char-codes-summary" in prefect_api.doc("prefect artifact ls").stdout
     assert "records" in prefect_api.doc("prefect artifact inspect char-codes-summary").stdout
+
+
+def test_documented_schedule_commands(prefect_api: PrefectApi, deployments: dict[str, dict[str, Any]]) -> None:
+    """Turning a shipped (inactive) schedule on, as deployments/README.md shows (the test server's scheduler is off,
+    so no run is created)."""
+    listed = prefect_api.doc("prefect deployment schedule ls char-codes/char-codes").stdout
+    (schedule,) = deployments["char-codes"]["schedules"]
+    assert schedule["id"] in listed
+    command = prefect_api.docs.one("prefect deployment schedule resume char-codes/char-codes")
+    bash(command.replace("<SCHEDULE_ID>", schedule["id"]), {**prefect_api.env(), **{
+        k: v for k, v in prefect_api.docs.exports().items() if k.startswith("PREFECT_")}})
+    (after,) = prefect_api.get(f"/deployments/{deployments['char-codes']['id']}")["schedules"]
+    assert after["active"] is True
+    prefect_api.cli("deployment", "schedule", "pause", "char-codes/char-codes", schedule["id"])
 
 
 def test_documented_quota_commands(prefect_api: PrefectApi, s3: tuple[MotoS3, str]) -> None:
