@@ -82,6 +82,11 @@ DEPLOYMENT_COMMANDS = [
     "prefect flow-run ls --flow-name char-codes --limit 5",
     "prefect artifact ls",
     "prefect artifact inspect char-codes-summary",
+    "prefect deployment schedule ls char-codes/char-codes",
+    "prefect deployment schedule resume char-codes/char-codes <SCHEDULE_ID>",
+    "python -m gbatch_flows.quota set s3://team-bucket/gbatch-quota --model gpt-4o-mini --max_remote_ktokens 2000 "
+    "--max_daily_cost 50 --max_monthly_cost 800",
+    "python -m gbatch_flows.quota show s3://team-bucket/gbatch-quota",
 ]
 
 
