@@ -10,10 +10,11 @@ import openai
 import orjson
 
 from gbatch_flows import api
+from gbatch_flows.engine import limits
 from gbatch_flows.engine.context import Engine
 from gbatch_flows.engine.generate import write_segment
-from gbatch_flows.engine.state import TASK, Changes, batch_key, segment_key
-from gbatch_flows.models import BatchRecord
+from gbatch_flows.engine.state import TASK, TOTALS, Changes, batch_key, segment_key, session_key
+from gbatch_flows.models import BatchRecord, Spend
 from gbatch_flows.store import BlobRef
 
 log = logging.getLogger("gbatch_flows.engine.operations")
@@ -64,6 +65,33 @@ def unassemble(engine: Engine, batches: list[BatchRecord], changes: Changes, kee
             changes.set(segment_key(index), write_segment(engine, index, lines[origin], tokens[origin], origin))
             index += 1
     return {"next_segment": index} if index != task.next_segment else {}
+
+
+def never_created(engine: Engine, batches: list[BatchRecord], why: str) -> int:
+    """Batches left ``pushing`` that cannot exist remotely (the server has no Batch API): their reservations are
+    released and their requests go back to the queue (``--force_direct`` then sends them directly). Returns how
+    many requests went back."""
+    state = engine.state
+    changes = Changes()
+    update = unassemble(engine, batches, changes)
+    totals = state.totals
+    sessions: dict[str, Any] = {}
+    for batch in batches:
+        reserved = limits.reserved_spend(batch)
+        totals = limits.settle(totals, reserved, Spend())
+        if batch.session:
+            sessions[batch.session] = limits.settle(sessions.get(batch.session) or state.session(batch.session),
+                                                    reserved, Spend())
+    changes.set(TOTALS, totals)
+    for session, budget in sessions.items():
+        changes.set(session_key(session), budget)
+    changes.set(TASK, state.require_task().model_copy(update=update))
+    requests = sum(b.requests for b in batches)
+    engine.commit(changes, f"{len(batches)} batches never created remotely ({why}): {requests} requests back to the "
+                           "queue")
+    log.warning("%d batch(es) left pushing by an earlier run were never created (%s): their %d requests go back to "
+                "the queue", len(batches), why, requests)
+    return requests
 
 
 def to_direct(engine: Engine) -> int:

@@ -20,8 +20,8 @@ from typing import Any
 
 import openai
 
-from gbatch_flows import api, endpoints
-from gbatch_flows.engine import limits, quota_gate
+from gbatch_flows import api, endpoints, remote_errors
+from gbatch_flows.engine import limits, operations, quota_gate
 from gbatch_flows.engine.context import Engine, EngineStop
 from gbatch_flows.engine.state import TOTALS, Changes, session_key
 from gbatch_flows.models import BatchRecord
@@ -78,7 +78,13 @@ def push(engine: Engine) -> str | None:
     quota_gate.sync(engine)
     for batch in engine.state.batches_in("pushing"):
         if batch.mode == "batch":
-            _resume_pushing(engine, batch)
+            try:
+                _resume_pushing(engine, batch)
+            except remote_errors.RemoteStop as stop:
+                if stop.kind is not remote_errors.Kind.NO_ENDPOINT or not engine.options.force_direct:
+                    raise
+                # the server has no Batch API, so this batch cannot exist there: send its requests directly
+                operations.never_created(engine, [engine.state.batches[batch.local_id]], "the server has no Batch API")
     for batch in engine.state.batches_in("assembled"):
         if batch.mode != "batch":
             continue

@@ -17,7 +17,7 @@ from typing import Any
 import openai
 from pydantic import BaseModel, ConfigDict, Field
 
-from gbatch_flows import api, costs
+from gbatch_flows import api, costs, remote_errors
 from gbatch_flows.engine import limits
 from gbatch_flows.engine.context import Engine
 from gbatch_flows.engine.poll import FINAL
@@ -109,12 +109,18 @@ def reconcile(engine: Engine) -> ReconcileReport:
 
 def reconcile_at_end(engine: Engine) -> ReconcileReport | None:
     """``reconcile`` for the end of a run: an API error only logs one line (the next run reconciles again)."""
+    if engine.options.force_direct and not any(b.mode == "batch" for b in engine.state.batches.values()):
+        return None  # this task never used the Batch API (the server may have none): nothing to reconcile
     try:
         return reconcile(engine)
     except openai.OpenAIError as exc:
         log.warning("could not reconcile with the remote batches (the next run will): %s",
                     api.describe_exception(exc))
-        return None
+    except remote_errors.RemoteStop as stop:
+        if stop.kind is remote_errors.Kind.AUTH:
+            raise
+        log.warning("could not reconcile with the remote batches (the next run will): %s", stop)
+    return None
 
 
 def _local_batch(engine: Engine, remote: Any) -> BatchRecord | None:

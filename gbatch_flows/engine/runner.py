@@ -284,7 +284,10 @@ class Runner:
                 if has_direct_work(engine.state):  # also direct batches a crashed run left behind
                     progressed |= bool(stages.direct())
                 if engine.state.batches_in("assembled", "pushing"):
+                    queued = engine.state.queued_requests()
                     stages.push()
+                    # a push that put requests back in the queue (batches that never reached the remote) progressed
+                    progressed |= engine.refresh().queued_requests() > queued
             elif engine.state.batches_in("pushing"):
                 stages.adopt()
             engine.refresh()

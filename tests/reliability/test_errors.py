@@ -450,3 +450,21 @@ def test_call_remote_rule() -> None:
     with pytest.raises(RemoteStop) as stop:
         call_remote(lambda: (_ for _ in ()).throw(denied), "batches.retrieve", policy)
     assert stop.value.kind is Kind.AUTH and "OPENAI_API_KEY" in str(stop.value)
+
+
+def test_batch_left_pushing_at_a_server_without_batch_api_goes_direct_with_force_direct(tmp_path: Path) -> None:
+    """A run that stopped on a server without a Batch API left its first batch `pushing`; the rerun the message
+    asks for (--force_direct) neither crashes on the look-up nor loses the batch: its requests go direct."""
+    with run_emulator(EmulatorConfig(batch_api=False)) as emu:
+        options = fault_options(str(tmp_path / "tasks"), emu.base_url)
+        first = run_plain(RelTask({"n_requests": N}), options)
+        assert first.status == "error" and "--force_direct" in first.reason, first.reason
+        state = TaskState.from_manifest(open_store(str(tmp_path / "tasks" / "rel")).load())
+        left = state.batches_in("pushing")
+        assert left, "the stopped run left no batch pushing: nothing was tested"
+        again = run_plain(RelTask({"n_requests": N}), options.model_copy(update={"force_direct": True}))
+        assert again.status == "finished", again.reason
+    state = TaskState.from_manifest(open_store(str(tmp_path / "tasks" / "rel")).load())
+    assert not state.batches_in("pushing") and all(b.mode == "direct" for b in state.batches_in("processed"))
+    assert state.totals.reserved.cost == pytest.approx(0.0, abs=1e-12)  # the released batch left no reservation
+    assert_complete_output(output_of(str(tmp_path / "tasks")), N)
