@@ -105,14 +105,15 @@ def request_bodies(engine: Engine, batch_ids: list[int]) -> list[str]:
 
 def dry_run(task: Any, options: Any, local_server: bool = False) -> RunSummary:
     """Plan one session of ``task`` and print it; the task folder is left byte-for-byte unchanged."""
-    from gbatch_flows.launch import open_task_store
+    from gbatch_flows.launch import needs_price_flags, open_task_store
 
     def no_client() -> Any:
         raise RuntimeError("dry run: no API call is made")
 
     store = open_task_store(options, task)
     engine = Engine(store=OverlayStore(store), options=options, task=task, session_id="dryrun",  # type: ignore[arg-type]
-                    client_factory=no_client, async_client_factory=no_client, local_server=local_server)
+                    client_factory=no_client, async_client_factory=no_client, local_server=local_server,
+                    flags_only_prices=needs_price_flags(options.client_base_url))
     ensure_task(engine, task.name, task.build_meta(options), reinit_meta=options.reinit_meta,
                 given=task.given_meta(options))
     generate(engine)

@@ -317,9 +317,10 @@ def test_only_private_hosts_get_zero_prices() -> None:
     assert priced.input_direct == 1.0 and priced.output_batch == 1.0
 
 
-def test_gateway_without_price_flags_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize("dryrun", [False, True])
+def test_gateway_without_price_flags_is_refused(dryrun: bool, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     argv = cli_args(str(tmp_path / "tasks"), "https://gateway.example.com/v1", N, openai_api_key=DUMMY_KEY,
-                    **dict.fromkeys(PRICE_FLAGS))
+                    dryrun=dryrun, **dict.fromkeys(PRICE_FLAGS))
     code = cli.main(RelTask, argv)
     line = one_line_error(capsys.readouterr().err)
     assert code == 1 and "--cost_input_direct_mtoken" in line, line
