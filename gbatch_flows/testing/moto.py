@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,15 +18,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from gbatch_flows.testing.ports import free_port
+
 DUMMY_KEY = "testing"
 REGION = "us-east-1"
 _START_TIMEOUT_S = 30.0
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -88,7 +83,7 @@ def moto_s3_server(attempts: int = 3) -> Iterator[MotoS3]:
         "AWS_DEFAULT_REGION": REGION,
     }
     for _ in range(attempts):
-        port = _free_port()
+        port = free_port()
         endpoint_url = f"http://127.0.0.1:{port}"
         process = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],

@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ import pytest
 
 from gbatch_flows.testing.docs import documented_commands, normalized
 from gbatch_flows.testing.moto import MotoS3, moto_s3_server
+from gbatch_flows.testing.ports import free_port, port_is_free
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOYMENTS_README = REPO / "deployments" / "README.md"
@@ -35,12 +35,6 @@ START_TIMEOUT_S = 120.0
 RUN_TIMEOUT_S = 120.0
 RETRY_STATUSES = (429, 502, 503)
 RETRY_ATTEMPTS = 6
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def process_tree(pid: int) -> list[int]:
@@ -139,15 +133,6 @@ def clean_env(**extra: str) -> dict[str, str]:
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
     env.update(extra)
     return env
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 @dataclass

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -16,15 +15,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = str(Path(sys.executable).parent)  # `python`, `prefect`, `ruff` of this environment come first on PATH
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def doc_env(**extra: str) -> dict[str, str]:

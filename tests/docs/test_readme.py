@@ -18,8 +18,9 @@ import httpx
 import pytest
 
 from gbatch_flows.testing.docs import documented_commands, normalized, split_commands
+from gbatch_flows.testing.ports import free_port, port_is_free
 
-from .conftest import REPO, background, checkout_copy, doc_env, port_is_free, run
+from .conftest import REPO, background, checkout_copy, doc_env, run
 
 README = REPO / "README.md"
 DEPLOYMENTS = REPO / "deployments" / "README.md"
@@ -188,7 +189,7 @@ def test_lint_command() -> None:
 @pytest.fixture(scope="module")
 def prefect_env(tmp_path_factory: pytest.TempPathFactory):
     """A Prefect server for this module's runs (a temporary server per run would cost ~20 s each)."""
-    from deploy.conftest import Service, free_port, wait_http
+    from deploy.conftest import Service, wait_http
 
     base = tmp_path_factory.mktemp("docs-prefect")
     port = free_port()
