@@ -18,8 +18,8 @@ import pytest
 
 from gbatch_flows.emulator import EmulatorConfig, run_emulator
 from gbatch_flows.emulator.config import FaultConfig, FaultRates
-from gbatch_flows.engine import runner
-from gbatch_flows.options import Options
+from gbatch_flows.engine import direct, runner
+from gbatch_flows.options import Options, secret_fields
 from gbatch_flows.runs import run_plain
 from gbatch_flows.store import open_store
 
@@ -113,8 +113,8 @@ def test_deployment_schema_is_typed_refuses_a_misspelled_option_and_merges_a_par
     options_schema = schema["definitions"]["FlowOptions"]
     assert options_schema["additionalProperties"] is False
     props = options_schema["properties"]
-    assert "openai_api_key" not in props  # no secret in the form
-    assert set(props) == set(Options.model_fields) - {"openai_api_key"}
+    assert "openai_api_key" not in props and "azure_api_key" not in props  # no secret in the form
+    assert set(props) == set(Options.model_fields) - set(secret_fields(Options))
     assert props["max_session_cost"]["default"] == 10.0 and props["max_session_cost"]["cli_group"]
     assert "USD" in props["max_session_cost"]["description"]
     assert {"type": "integer", "minimum": 1, "maximum": 50000}.items() <= props["max_batch_requests"].items()
@@ -277,6 +277,9 @@ def test_direct_stage_keeps_one_pacer_across_loops(prefect_server: PrefectServer
         return real(engine, pacer, stats)
 
     monkeypatch.setattr(runner, "run_direct", spy)
+    # the direct stage assembles more batches itself while it sends (up to MAX_REFILLS rounds); without that each
+    # loop of the run sends one batch, which is what this test needs to see the pacer carried across loops
+    monkeypatch.setattr(direct, "MAX_REFILLS", 0)
     with emulator_for(char_codes.CharCodes) as emu:
         raw = flow_options(tmp_path, emu, force_direct=True, max_batch_requests=5, max_unpushed_batches=1,
                            max_direct_rpm=6000)
