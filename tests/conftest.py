@@ -28,3 +28,21 @@ def s3_server() -> Iterator[MotoS3]:
 @pytest.fixture(scope="session")
 def s3_bucket(s3_server: MotoS3) -> str:
     return s3_server.create_bucket()
+
+
+@pytest.fixture(autouse=True)
+def _restore_root_logging() -> Iterator[None]:
+    """A test that runs the CLI's ``main`` configures logging (``basicConfig(force=True)``) with a handler on the
+    stream pytest captures for that test and closes after it: later tests must not log into it."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in root.handlers:
+        if handler not in handlers:
+            root.removeHandler(handler)
+    for handler in handlers:
+        if handler not in root.handlers:
+            root.addHandler(handler)
+    root.setLevel(level)
