@@ -67,6 +67,13 @@ class _Stub:
         poll_interval_min_s = 0.05
         poll_interval_max_s = 0.2
 
+    class config:  # noqa: N801 - mimics engine.config (the run configuration)
+        class pacing:  # noqa: N801
+            poll_interval_min_s = 0.05
+            poll_interval_max_s = 0.2
+
+    quota = None  # no shared quota ledger
+
 
 def test_max_poll_wait_counts_failing_polls(monkeypatch: pytest.MonkeyPatch) -> None:
     def slow_failing_poll(engine: Any) -> PollReport:
