@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from pydantic import SecretStr
 
 from gbatch_flows.emulator import EmulatorConfig, run_emulator
