@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import openai
@@ -36,18 +36,24 @@ def metadata_for(task_id: str, local_id: int) -> dict[str, str]:
     return {"gbatch_task": task_id, "gbatch_local_id": str(local_id)}
 
 
-def find_remote(engine: Engine, batch: BatchRecord) -> str | None:
-    """The id of a remote batch already created for ``batch`` (matched by metadata), if any."""
-    task_id = engine.state.require_task().task_id
-    wanted = metadata_for(task_id, batch.local_id)
-    since = (batch.pushing_since or 0) - ADOPT_LOOKBACK_S
+def remote_by_metadata(engine: Engine, task_id: str, local_id: int, since: float,
+                       skip: Collection[str] = ()) -> Any | None:
+    """The newest remote batch whose metadata names (task_id, local_id), not in ``skip``, listed back to ``since``."""
+    wanted = metadata_for(task_id, local_id)
     for remote in engine.client.batches.list(limit=100):
         meta = remote.metadata or {}
-        if all(meta.get(k) == v for k, v in wanted.items()) and remote.id not in batch.past_remote_ids:
-            return remote.id
+        if all(meta.get(k) == v for k, v in wanted.items()) and remote.id not in skip:
+            return remote
         if remote.created_at < since:
             break
     return None
+
+
+def find_remote(engine: Engine, batch: BatchRecord) -> str | None:
+    """The id of a remote batch already created for ``batch`` (matched by metadata), if any."""
+    remote = remote_by_metadata(engine, engine.state.require_task().task_id, batch.local_id,
+                                (batch.pushing_since or 0) - ADOPT_LOOKBACK_S, batch.past_remote_ids)
+    return None if remote is None else remote.id
 
 
 def lookup(engine: Engine, doing: str, find: Callable[..., str | None], *args: Any) -> tuple[bool, str | None]:

@@ -73,13 +73,10 @@ def _remote_status(engine: Engine, hold: Hold) -> str | None:
             return engine.client.batches.retrieve(hold.remote_id).status
         except openai.NotFoundError:
             return None
-    for remote in engine.client.batches.list(limit=100):
-        meta = remote.metadata or {}
-        if meta.get("gbatch_task") == hold.task_id and meta.get("gbatch_local_id") == str(hold.local_id):
-            return remote.status
-        if remote.created_at < hold.reserved_at - 3600:
-            break
-    return None
+    from gbatch_flows.engine.push import ADOPT_LOOKBACK_S, remote_by_metadata  # push imports this module
+
+    remote = remote_by_metadata(engine, hold.task_id, hold.local_id, hold.reserved_at - ADOPT_LOOKBACK_S)
+    return None if remote is None else remote.status
 
 
 def start(engine: Engine) -> None:
