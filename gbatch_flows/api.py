@@ -74,6 +74,11 @@ def classify_exception(exc: BaseException) -> Outcome:
     return Outcome.FATAL
 
 
+#: the error code of a direct call whose answer never came (lost connection, timeout, 5xx): charged at its worst
+#: case and queued again; the remote's fault, so not judged by the pass rule
+UNANSWERED_CODE = "outcome_unknown"
+
+
 def outcome_unknown(exc: BaseException) -> bool:
     """True when a call that creates something may have taken effect although it failed: the connection broke or
     timed out after the request was sent, or the server answered 5xx (503 "overloaded" is a refusal). Resolve such

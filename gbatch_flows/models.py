@@ -118,6 +118,7 @@ class Outcomes(_Model):
     retried: int = 0
     failed: int = 0
     followups: int = 0
+    unanswered: int = 0  # of those retried: direct calls the remote left without an answer (not judged)
 
 
 class BatchRecord(_Model):

@@ -112,6 +112,7 @@ def assemble(engine: Engine, mode: str = "batch", max_new: int | None = None) ->
         return created
     margin_t, margin_s = options.token_safety_margin, options.size_safety_margin
     caps = limits.batch_caps(options, mode)
+    engine.budget_refusal = None
     queue = iter_queue(engine, state)
     pending: QueuedLine | None = None
     remaining = state.queued_requests()
@@ -136,6 +137,9 @@ def assemble(engine: Engine, mode: str = "batch", max_new: int | None = None) ->
             if not packer.fits(req["tokens"], req["max_out"], cost, len(line) + 1):
                 if not packer.count:
                     _refuse_single(req, caps, cost, len(line), mode)
+                    engine.budget_refusal = limits.budget_refusal(
+                        session_caps, task_caps, limits.Spend(requests=1, tokens=req["tokens"] + req["max_out"],
+                                                              cost=cost))
                     log.info("the session or task budget cannot take request %s: assembly stops", req["key"])
                     return created
                 pending = item

@@ -15,17 +15,13 @@ import time
 import openai
 
 from gbatch_flows.engine.context import Engine, EngineStop
+from gbatch_flows.engine.push import upload_prefix
 from gbatch_flows.models import BatchRecord
 
 log = logging.getLogger("gbatch_flows.engine.cleanup")
 
 LIST_LIMIT = 100
 CLOCK_SKEW_S = 60.0
-
-
-def upload_name(local_id: int) -> str:
-    """The file name push.py gives a batch's upload."""
-    return f"gbatch_{local_id:06d}.jsonl"
 
 
 def _needed(batches: list[BatchRecord]) -> set[str]:
@@ -55,10 +51,12 @@ def _past_files(engine: Engine, batch: BatchRecord) -> set[str]:
 
 
 def _orphan_uploads(engine: Engine, batches: list[BatchRecord], since: float) -> set[str]:
-    names = {upload_name(b.local_id) for b in batches if b.mode == "batch"}
+    task_id = engine.state.require_task().task_id
+    prefixes = {upload_prefix(task_id, b.local_id) for b in batches if b.mode == "batch"}
     known = {b.input_file_id for b in batches if b.input_file_id}
     candidates = {f.id for f in engine.client.files.list(purpose="batch")
-                  if f.filename in names and f.created_at >= since - CLOCK_SKEW_S and f.id not in known}
+                  if (f.filename or "").rpartition("_")[0] + "_" in prefixes
+                  and f.created_at >= since - CLOCK_SKEW_S and f.id not in known}
     if candidates:
         used = {b.input_file_id for b in engine.client.batches.list(limit=LIST_LIMIT)}
         candidates -= used

@@ -43,6 +43,7 @@ class Engine:
     outage: Any = None  # remote_errors.OutagePolicy of the run (None: the default policy)
     on_commit: list[Callable[[TaskState], None]] = field(default_factory=list)
     timing: Timing = field(default_factory=Timing.from_env)
+    budget_refusal: str | None = None  # the limit that last refused the next request (e.g. "max_task_cost")
     _state: TaskState | None = None
     _prices: dict[tuple[str, str], Any] = field(default_factory=dict)
 

@@ -19,7 +19,7 @@ import httpx
 import openai
 import orjson
 
-from gbatch_flows import costs, remote_errors
+from gbatch_flows import api, costs, remote_errors
 from gbatch_flows.engine import limits, quota_gate
 from gbatch_flows.engine.assemble import assemble
 from gbatch_flows.engine.context import Engine
@@ -34,7 +34,6 @@ log = logging.getLogger("gbatch_flows.direct")
 
 MAX_ATTEMPTS = 6
 CHUNK_PER_SLOT = 4  # requests per concurrency slot between two commits
-UNKNOWN_CODE = "outcome_unknown"  # a call that failed after it was sent (lost answer, timeout, 5xx)
 DIRECT_KEY = "direct requests"  # the outage tracker's key of direct calls
 MAX_REFILLS = 10  # assemble rounds inside one run_direct call, so that sending does not stop for a stage round
 
@@ -70,6 +69,7 @@ class DirectRunner:
         self.policy = engine.outage or remote_errors.OutagePolicy(engine.options.max_outage_s)
         self.tracker = self.policy.tracker
         self.stop: remote_errors.RemoteStop | None = None  # a refused key, no such endpoint, an outage too long
+        self.unanswered_streak = 0  # calls in a row without an answer: the workers back off while it grows
 
     def _show(self, level: str, custom_id: str, body: bytes, answer: Any) -> None:
         if self.verbose >= _VERBOSITY[level]:
@@ -100,10 +100,12 @@ class DirectRunner:
                 self.stats.unknown += 1
                 self.stats.errors += 1
                 self._show("warn", custom_id, body, answer.error or answer.body)
-                self._note_failure(answer, path)
-                error = {"code": UNKNOWN_CODE, "status": status,
+                if not self._note_failure(answer, path):
+                    await self._back_off_unanswered()
+                error = {"code": api.UNANSWERED_CODE, "status": status,
                          "message": f"outcome unknown, charged at its worst case: {answer.error or f'HTTP {status}'}"}
                 return Call(_line(custom_id, None, None, error, answer.request_id), 1)
+            self.unanswered_streak = 0
             if status is not None and 200 <= status < 300:
                 self.tracker.succeeded(DIRECT_KEY)
                 try:
@@ -146,6 +148,15 @@ class DirectRunner:
             self._show("error", custom_id, body, answer.error or answer.body)
             return Call(_line(custom_id, status, None, last, answer.request_id))
         return None
+
+    async def _back_off_unanswered(self) -> None:
+        """After a call without an answer, wait before this worker sends again (exponential, jittered, capped by
+        what is left of --max_outage_s): an outage must not be met by a stream of calls each charged at its worst
+        case."""
+        self.unanswered_streak += 1
+        left = self.policy.max_outage_s - self.tracker.down_for(DIRECT_KEY)
+        await asyncio.sleep(max(0.0, min(30.0, left, 0.1 * 2 ** min(self.unanswered_streak, 9)))
+                            * random.uniform(0.5, 1.0))
 
     def _note_failure(self, answer: Answer, path: str) -> bool:
         """A transient failure of the remote; True (and ``self.stop`` set) when the outage outlasts the bound."""

@@ -81,6 +81,7 @@ class Fence:
     timing: Timing
     unknown_since: dict[tuple[str, int], float] = field(default_factory=dict)  # (what, local id) -> time
     gone_since: dict[int, float] = field(default_factory=dict)  # local id -> first 404 without a remote twin
+    listed_only: set[int] = field(default_factory=set)  # local ids polled through the listing (retrieve 404s)
     uploaded: dict[str, str] = field(default_factory=dict)  # upload name -> file id (reused when a create fails)
     _waiting_logged: set[tuple[str, int]] = field(default_factory=set)
 

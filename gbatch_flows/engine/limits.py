@@ -81,6 +81,15 @@ def reserved_spend(batch: BatchRecord) -> Spend:
     return worst_spend(batch) + batch.extra_reserved
 
 
+def budget_refusal(session: Caps, task: Caps, spend: Spend) -> str | None:
+    """The option that refuses ``spend`` (``max_session_cost``, ``max_task_ktokens``...), the task's first."""
+    for scope, caps in (("task", task), ("session", session)):
+        dimension = fits_spend(caps, spend)
+        if dimension is not None:
+            return f"max_{scope}_{dimension}"
+    return None
+
+
 def fits_spend(caps: Caps, spend: Spend) -> str | None:
     """None when ``spend`` fits in ``caps``; else which dimension does not."""
     if spend.requests > caps.requests:

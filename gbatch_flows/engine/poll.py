@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import openai
 
 from gbatch_flows import api
 from gbatch_flows.engine.context import Engine
-from gbatch_flows.engine.push import cancel_remote, find_remote, lookup
+from gbatch_flows.engine.push import cancel_remote, find_remote_batch, lookup
 from gbatch_flows.engine.state import Changes
 from gbatch_flows.models import BatchRecord
 
@@ -36,11 +37,14 @@ def poll(engine: Engine) -> PollReport:
         try:
             remote = engine.client.batches.retrieve(batch.remote_id)
         except openai.NotFoundError:
-            if _confirmed_gone(engine, batch, changes):
+            listed = _after_404(engine, batch, changes)
+            if listed is GONE:
                 report.finished.append(batch.local_id)
-            else:
+                continue
+            if listed is None:
                 report.in_flight += 1
-            continue
+                continue
+            remote = listed  # the listing's copy carries the status and file ids retrieve would have given
         except openai.OpenAIError as exc:
             log.warning("polling batch %d failed, will retry: %s", batch.local_id, api.describe_exception(exc))
             report.in_flight += 1
@@ -74,34 +78,40 @@ def poll(engine: Engine) -> PollReport:
     return report
 
 
-def _confirmed_gone(engine: Engine, batch: BatchRecord, changes: Changes) -> bool:
-    """A 404 on retrieve: look the batch up by metadata now and again ``gone_confirm_s`` later; only a batch
-    missing from both listings is given up (its requests requeued). A batch found again is kept or adopted."""
+GONE = object()  # _after_404: the batch is confirmed gone
+
+
+def _after_404(engine: Engine, batch: BatchRecord, changes: Changes) -> Any:
+    """A 404 on retrieve: look the batch up by metadata. Found: the listed batch (a gateway without the retrieve
+    route still shows its status there), adopted when it carries another id. Not found now and again
+    ``gone_confirm_s`` later: GONE, its requests requeued. Otherwise None (still in flight)."""
     fence = engine.fence
-    looked_up, found = lookup(engine, f"looking up batch {batch.local_id}", find_remote, batch)
+    looked_up, found = lookup(engine, f"looking up batch {batch.local_id}", find_remote_batch, batch)
     if not looked_up:
-        return False
+        return None
     if found is not None:
         fence.gone_since.pop(batch.local_id, None)
-        if found != batch.remote_id:
+        if found.id != batch.remote_id:
             log.warning("remote batch %s of local batch %d answers 404 but %s carries its metadata: adopting it",
-                        batch.remote_id, batch.local_id, found)
-            changes.batch(batch.model_copy(update={"remote_id": found}))
-        else:
-            log.warning("remote batch %s of local batch %d answered 404 but is still listed: keeping it",
-                        batch.remote_id, batch.local_id)
-        return False
+                        batch.remote_id, batch.local_id, found.id)
+            changes.batch(batch.model_copy(update={"remote_id": found.id}))
+            return None
+        if batch.local_id not in fence.listed_only:
+            fence.listed_only.add(batch.local_id)
+            log.warning("remote batch %s of local batch %d answers 404 but is listed: polling it through the "
+                        "listing", batch.remote_id, batch.local_id)
+        return found
     now = time.time()
     first = fence.gone_since.setdefault(batch.local_id, now)
     if now - first < engine.timing.gone_confirm_s:
         if first == now:
             log.warning("remote batch %s of local batch %d answers 404 and is not listed: confirming in %.0f s",
                         batch.remote_id, batch.local_id, engine.timing.gone_confirm_s)
-        return False
+        return None
     fence.gone_since.pop(batch.local_id, None)
     log.warning("remote batch %s of local batch %d is gone (404, not listed %.0f s apart): its requests will be "
                 "retried", batch.remote_id, batch.local_id, now - first)
     if batch.remote_id is not None:
         cancel_remote(engine, batch.remote_id, f"local batch {batch.local_id} was given up as gone", quiet=True)
     changes.batch(batch.model_copy(update={"state": "done", "remote_status": "lost", "finished_at": now}))
-    return True
+    return GONE

@@ -94,6 +94,7 @@ class BatchProcessor:
         self.options = engine.options
         self.force_retry = force_retry
         self.out = BatchOutcome(next_part=engine.state.require_task().next_part)
+        self.unanswered: list[Request] = []  # direct calls whose answer never came (api.UNANSWERED_CODE)
 
     def run(self, results: dict[str, ResultLine]) -> BatchOutcome:
         store = self.engine.store
@@ -105,14 +106,18 @@ class BatchProcessor:
             line = results.get(request.custom_id)
             usage = None
             if line is not None and line.body is not None:
-                usage, readable = usage_of(request, line.body)
-                unreadable += not readable
+                if line.status_code is not None and 200 <= line.status_code < 300:
+                    usage, readable = usage_of(request, line.body)
+                    unreadable += not readable
+                else:  # an error answer: billed only for what it reports
+                    usage = endpoints.usage_of(request.endpoint, line.body) or Usage()
                 prompt += usage.prompt_tokens
                 completion += usage.completion_tokens
                 cached += usage.cached_tokens
                 if line.status_code is not None and 200 <= line.status_code < 300:
                     self.out.completion.add(usage.completion_tokens, usage.prompt_tokens)
             self._handle(request, line, usage)
+        self._requeue_unanswered()
         if unreadable:
             log.warning("batch %d: %d responses without a readable usage, charged at their worst case",
                         self.batch.local_id, unreadable)
@@ -126,6 +131,9 @@ class BatchProcessor:
             return  # --wipe_requests cancelled it: its samples are generated again; answers are paid, not used
         if self.force_retry:
             self._retry(request, self.force_retry)
+            return
+        if line is not None and line.error and line.error.get("code") == api.UNANSWERED_CODE:
+            self.unanswered.append(request)
             return
         outcome, reason = api.classify_result(line)
         if outcome is api.Outcome.OK:
@@ -141,6 +149,18 @@ class BatchProcessor:
             self._retry(request, reason or "error")
         else:
             self._fail(request, reason or "fatal error")
+
+    def _requeue_unanswered(self) -> None:
+        """Calls the remote never answered go back to the queue. When the remote answered other requests of the batch,
+        such a call uses one of its request's retries (a request that always breaks the server ends failed);
+        when it answered none (an outage, bounded by --max_outage_s), it does not."""
+        for request in self.unanswered:
+            self.out.outcomes.unanswered += 1
+            if self.out.outcomes.ok:
+                self._retry(request, "the remote did not answer")
+            else:
+                self.out.outcomes.retried += 1
+                self.out.requeue.append(request.model_dump(mode="json"))
 
     def _apply(self, request: Request, processed: Processed) -> None:
         if processed.fail:
@@ -330,10 +350,11 @@ def _commit_processed(engine: Engine, batch: BatchRecord, ref: BlobRef, out: Bat
         changes.set(segment_key(index), segment)
         update["next_segment"] = index + 1
     cost = costs.usage_cost(out.usage, engine.prices(batch.model, batch.endpoint), batch.mode)  # type: ignore[arg-type]
-    ratio = out.outcomes.ok / batch.requests if batch.requests else 1.0
+    answered = batch.requests - out.outcomes.unanswered  # calls the remote never answered are its fault
+    ratio = out.outcomes.ok / answered if answered > 0 else 1.0
     # the server's fault (or a wipe's): not a pass failure; batches lost by the server have a streak of their own
     judged = not failed_batch and not lost and batch.remote_status not in SERVER_LOST and \
-        batch.cancel_requested_at is None
+        batch.cancel_requested_at is None and answered > 0
     update["consecutive_lost_batches"] = task.consecutive_lost_batches + 1 if lost else 0
     passed = ratio >= engine.options.min_pass_ratio if judged else None
     update["consecutive_pass_failures"] = task.consecutive_pass_failures if passed is None else \

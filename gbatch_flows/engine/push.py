@@ -49,15 +49,20 @@ def remote_by_metadata(engine: Engine, task_id: str, local_id: int, since: float
     return None
 
 
+def find_remote_batch(engine: Engine, batch: BatchRecord) -> Any | None:
+    """The remote batch already created for ``batch`` (matched by metadata) as listed, if any."""
+    return remote_by_metadata(engine, engine.state.require_task().task_id, batch.local_id,
+                              (batch.pushing_since or 0) - ADOPT_LOOKBACK_S, batch.past_remote_ids)
+
+
 def find_remote(engine: Engine, batch: BatchRecord) -> str | None:
     """The id of a remote batch already created for ``batch`` (matched by metadata), if any."""
-    remote = remote_by_metadata(engine, engine.state.require_task().task_id, batch.local_id,
-                                (batch.pushing_since or 0) - ADOPT_LOOKBACK_S, batch.past_remote_ids)
+    remote = find_remote_batch(engine, batch)
     return None if remote is None else remote.id
 
 
-def lookup(engine: Engine, doing: str, find: Callable[..., str | None], *args: Any) -> tuple[bool, str | None]:
-    """(looked up, found id): a look-up that failed (a retryable error) leaves the outcome unknown, so nothing may
+def lookup(engine: Engine, doing: str, find: Callable[..., Any], *args: Any) -> tuple[bool, Any]:
+    """(looked up, what ``find`` found): a look-up that failed (a retryable error) leaves the outcome unknown, so nothing may
     be created; an authentication error stops the run."""
     try:
         return True, find(engine, *args)
@@ -149,9 +154,14 @@ def _adopt(engine: Engine, batch: BatchRecord, remote_id: str) -> bool:
     return True
 
 
+def upload_prefix(task_id: str, local_id: int) -> str:
+    """What every upload of one local batch's file is named with (the attempt follows)."""
+    return f"gbatch_{task_id}_{local_id:06d}_"
+
+
 def upload_name(task_id: str, batch: BatchRecord) -> str:
     """The upload's file name: findable by task, local batch and attempt when the answer to the upload is lost."""
-    return f"gbatch_{task_id}_{batch.local_id:06d}_{batch.attempts}.jsonl"
+    return f"{upload_prefix(task_id, batch.local_id)}{batch.attempts}.jsonl"
 
 
 def find_upload(engine: Engine, name: str, since: float) -> str | None:
@@ -247,8 +257,11 @@ def _create_remote(engine: Engine, batch: BatchRecord) -> None:
 def cancel_remote(engine: Engine, remote_id: str, why: str, quiet: bool = False) -> bool:
     """Cancel a remote batch this run must not keep (best effort, logged loudly unless ``quiet``: a batch given up
     as gone answers 404 to its cancel too); True when the cancel went out."""
-    try:
-        engine.client.batches.cancel(remote_id)
+    try:  # no automatic retries: the client would re-send a 409 ("already final") five times
+        engine.client.with_options(max_retries=0).batches.cancel(remote_id)
+    except openai.ConflictError:
+        log.info("remote batch %s is already final: nothing to cancel (%s)", remote_id, why)
+        return False
     except openai.OpenAIError as exc:
         if not quiet:
             log.error("could not cancel remote batch %s (%s): %s; cancel it by hand", remote_id, why,

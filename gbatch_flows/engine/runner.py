@@ -83,6 +83,8 @@ def blocked_reason(engine: Engine) -> str | None:
         for scope, caps in (("session", session), ("task", task)):
             if caps.requests < 1 or caps.tokens <= 0 or caps.cost <= 0:
                 return f"max_{scope}_" + ("requests" if caps.requests < 1 else "ktokens" if caps.tokens <= 0 else "cost")
+        if engine.budget_refusal:
+            return f"{engine.budget_refusal} (what is left of it cannot take the next request)"
         return "budget (the next request does not fit in what is left of the session or task limits)"
     return None
 

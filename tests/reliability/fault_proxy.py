@@ -22,6 +22,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "upload": ("POST", r"/v1/files$"),
     "create": ("POST", r"/v1/batches$"),
     "poll": ("GET", r"/v1/batches/[^/]+$"),
+    "list": ("GET", r"/v1/batches$"),
     "download": ("GET", r"/v1/files/[^/]+/content$"),
     "direct": ("POST", r"/v1/chat/completions$"),
     "any": ("*", r".*"),
@@ -34,7 +35,7 @@ DECODED = HOP_BY_HOP | {"content-encoding"}  # httpx hands the answer's body ove
 @dataclass
 class Fault:
     stage: str
-    kind: str  # "status", "drop", "slow"
+    kind: str  # "status", "drop", "slow", "empty" (an empty list page: a remote that lost everything)
     status: int = 500
     delay_s: float = 0.0
     until: float | None = None  # time.monotonic() deadline; None = until cleared
@@ -86,6 +87,15 @@ class FaultProxy:
                     data = orjson.dumps({"error": {"message": f"injected {fault.status}", "type": "injected",
                                                    "code": str(fault.status)}})
                     self.send_response(fault.status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return
+                if fault is not None and fault.kind == "empty":
+                    data = orjson.dumps({"object": "list", "data": [], "first_id": None, "last_id": None,
+                                         "has_more": False})
+                    self.send_response(200)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()

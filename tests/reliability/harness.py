@@ -20,6 +20,7 @@ from gbatch_flows.cli import options_model, split_options
 from gbatch_flows.cli_args import parse_options
 from gbatch_flows.engine.fencing import CREATE_TIMEOUT_ENV, GONE_CONFIRM_ENV, LEASE_TTL_ENV
 from gbatch_flows.engine.state import TaskState
+from gbatch_flows.models import Request
 from gbatch_flows.options import Options
 from gbatch_flows.store import Store, open_store
 from gbatch_flows.store.paths import LEASE_FILE
@@ -246,14 +247,20 @@ def recomputed_cost(store: Store, state: TaskState) -> tuple[float, dict[str, in
             assert state.batches[int(name.split(".")[0])].mode == "direct", path
             continue
         batch = state.batches[int(name)]
+        sides = {Request(payload={}, **side).custom_id: side
+                 for side in map(orjson.loads, store.read_blob(batch.sidecar_ref).splitlines())}
         usage: Counter[str] = Counter()
         for raw in store.backend.read_bytes(path).splitlines():
             try:
                 line = orjson.loads(raw)
             except orjson.JSONDecodeError:
                 continue  # a malformed line (fault injection) carries no usage the engine could have counted
-            body = ((line or {}).get("response") or {}).get("body") if isinstance(line, dict) else None
+            response = ((line or {}).get("response") or {}) if isinstance(line, dict) else {}
+            body = response.get("body")
             u = body.get("usage") if isinstance(body, dict) else None
+            side = sides.get(line.get("custom_id")) if isinstance(line, dict) else None
+            if not u and side and isinstance(body, dict) and 200 <= (response.get("status_code") or 0) < 300:
+                u = {"prompt_tokens": side["tokens"], "completion_tokens": side["max_out"]}  # charged at worst case
             if not u:
                 continue
             usage["prompt_tokens"] += int(u.get("prompt_tokens") or 0)

@@ -62,7 +62,7 @@ def expected(stage: str, fault: str) -> str:
     if fault == "403":
         return "permission denied"
     if fault == "404 endpoint":
-        return {"upload": "has no Batch API", "create": "has no Batch API", "poll": "without results",
+        return {"upload": "has no Batch API", "create": "has no Batch API", "poll": FINISHES,
                 "download": "without results", "direct": "has no /v1/chat/completions endpoint"}[stage]
     return FINISHES
 
@@ -135,13 +135,7 @@ def check_state(task_dir: str, storage_options: dict | None = None) -> None:
     TaskState.from_manifest(open_store(f"{task_dir}/{RelTask.name}", storage_options=storage_options).load())
 
 
-# Cells that failed after the merges of this stop (exactly-once 404 confirmation, the new direct pipeline, the
-# error classification met there): known failures, kept visible as xfail until they are fixed (the closing note).
-KNOWN_FAILING = {"poll-404 endpoint", "direct-outage 30s", "direct-outage 3min", "direct-500"}
-PARAMS = [pytest.param(c, id=f"{c.stage}-{c.fault}", marks=[pytest.mark.xfail(
-    reason="broken by the merge of exactly-once, direct pipeline and error classification; to fix next",
-    strict=False), pytest.mark.timeout(300)] if f"{c.stage}-{c.fault}" in KNOWN_FAILING else [])
-    for c in CELLS]
+PARAMS = [pytest.param(c, id=f"{c.stage}-{c.fault}") for c in CELLS]
 
 
 @pytest.mark.parametrize("cell", PARAMS)
