@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import os
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
+from gbatch_flows.testing import figures
 from gbatch_flows.testing.moto import MotoS3, moto_s3_server
 
 SLOW_FIXTURES = {"prefect_server"}  # a Prefect server (tests/flow): the test tier `-m "not slow"` leaves them out
@@ -16,6 +21,36 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+
+FIGURES_ENV = "GBATCH_RELIABILITY_FIGURES"  # optional: append the figures of this run to this JSON-lines file
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """A pytest-xdist worker hands its figures to the controller."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput[figures.WORKER_KEY] = figures.dumps()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """The controller merges a finished worker's figures."""
+    text = getattr(node, "workeroutput", {}).get(figures.WORKER_KEY)
+    if text:
+        figures.merge_json(text)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not figures.FIGURES or hasattr(terminalreporter.config, "workeroutput"):
+        return
+    terminalreporter.section("reliability figures")
+    for name in sorted(figures.FIGURES):
+        terminalreporter.write_line(f"{name}: {json.dumps(figures.FIGURES[name], sort_keys=True, default=str)}")
+    path = os.environ.get(FIGURES_ENV)
+    if path:
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"time": time.time(), "figures": figures.FIGURES}, default=str) + "\n")
 
 
 @pytest.fixture(scope="session")

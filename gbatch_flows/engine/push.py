@@ -102,9 +102,13 @@ def push(engine: Engine) -> str | None:
         state = engine.state
         if batch.not_before and time.time() < batch.not_before and state.batches_in("pushing", "pushed"):
             log.info("batch %d waits for the enqueued-token limit: remote batches must finish first", batch.local_id)
+            quota_gate.stand_aside(engine, batch)
             return "enqueued token limit"
-        refusal = limits.push_refusal(engine.options, state, engine.session_id, batch) or \
-            quota_gate.reserve(engine, batch)
+        refusal = limits.push_refusal(engine.options, state, engine.session_id, batch)
+        if refusal:  # this task's own limits hold the batch back: it must not hold a place in the shared queue
+            quota_gate.stand_aside(engine, batch)
+        else:
+            refusal = quota_gate.reserve(engine, batch)
         if refusal:
             log.info("batch %d waits: %s reached", batch.local_id, refusal)
             return refusal

@@ -41,6 +41,13 @@ def reserve(engine: Engine, batch: BatchRecord) -> str | None:
     return None if decision.granted else decision.reason
 
 
+def stand_aside(engine: Engine, batch: BatchRecord) -> None:
+    """The task cannot push ``batch`` now for a reason of its own (its limits, a refusal by the remote): it leaves
+    the shared waiting queue, where it would keep the tasks behind it waiting for nothing."""
+    if engine.quota is not None and batch.mode == "batch":
+        engine.quota.withdraw(_task_id(engine), batch.model)
+
+
 def pushed(engine: Engine, batch: BatchRecord, remote_id: str) -> None:
     if engine.quota is not None and batch.mode == "batch":
         engine.quota.mark_pushed(_task_id(engine), batch.local_id, remote_id)

@@ -34,7 +34,7 @@ from gbatch_flows.store import ConcurrentModification, Manifest, Store, open_sto
 log = logging.getLogger("gbatch_flows.quota")
 
 #: A waiter not seen again for this long has given up (its run ended or died) and no longer blocks others.
-WAITER_TTL_S = 180.0
+WAITER_TTL_S = 60.0
 #: A direct-mode task not seen for this long no longer takes a share of the direct RPM/TPM limits.
 DIRECT_TTL_S = 30.0
 #: Commit attempts before a busy ledger is reported as an error.
@@ -205,7 +205,8 @@ class QuotaLedger:
         """Reserve ``hold`` if it fits and no task that asked earlier is still waiting for the same model.
 
         A refused task is queued (``waiting/``): while it keeps asking, later tasks wait behind it, so no task
-        starves while others keep the quota busy.
+        starves while others keep the quota busy. A later task may still take room that leaves enough for every
+        task ahead of it (backfilling). A waiter that stops asking for WAITER_TTL_S no longer blocks anyone.
         """
         key = hold_key(hold.task_id, hold.local_id)
         wait_key = f"waiting/{hold.model}/{hold.task_id}"
@@ -219,7 +220,7 @@ class QuotaLedger:
             since = Waiter.model_validate(mine).since if mine is not None else now
             ahead = [w for w in ahead if (w.since, w.task_id) < (since, hold.task_id)]
             decision = self.check(manifest, hold)
-            if decision.granted and ahead:
+            if decision.granted and ahead and not self._leaves_room(manifest, hold, ahead):
                 first = ahead[0]
                 decision = Decision(False, f"first come, first served: task {first.task} waits for {hold.model} "
                                            f"since {now - first.since:.0f} s")
@@ -235,6 +236,16 @@ class QuotaLedger:
             return {wait_key: waiter.model_dump(mode="json")}, decision
 
         return self._update(change, f"reserve {key}")
+
+    def _leaves_room(self, manifest: Manifest, hold: Hold, ahead: list[Waiter]) -> bool:
+        """Whether ``hold`` fits together with what every task ahead of it waits for (backfilling): granting it
+        then delays none of them."""
+        probe = hold.model_copy(update={"tokens": hold.tokens + sum(w.tokens for w in ahead),
+                                        "cost": hold.cost + sum(w.cost for w in ahead)})
+        try:
+            return self.check(manifest, probe).granted
+        except QuotaError:  # together they exceed the whole limit
+            return False
 
     def withdraw(self, task_id: str, model: str) -> None:
         """The task stopped asking (nothing left to push): it no longer holds a place in the queue."""

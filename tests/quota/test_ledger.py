@@ -58,10 +58,11 @@ def test_first_come_first_served(ledger: QuotaLedger) -> None:
     later = ledger.reserve(hold("small", 1, 400))
     assert not later.granted and "first come, first served" in later.reason
     ledger.settle("a", 1, cost=0.0)
-    assert not ledger.reserve(hold("small", 1, 400)).granted  # still behind "big"
+    # room for "big" and more: a later task may backfill what "big" does not need, but no more than that
+    assert not ledger.reserve(hold("medium", 1, 1200)).granted  # 1200 + 2000 > 3000: it would delay "big"
+    assert ledger.reserve(hold("small", 1, 400)).granted  # 400 + 2000 <= 3000: "big" still fits after it
     assert ledger.reserve(hold("big", 1, 2000)).granted
-    assert ledger.reserve(hold("small", 1, 400)).granted
-    assert ledger.report()["models"][MODEL]["waiting"] == []
+    assert ledger.report()["models"][MODEL]["waiting"] == ["file:///tasks/medium"]
 
 
 def test_a_waiter_that_went_away_does_not_block(tmp_path: Path) -> None:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,13 +12,13 @@ import pytest
 
 from gbatch_flows.emulator import EmulatorConfig, run_emulator
 from gbatch_flows.engine.fencing import CREATE_TIMEOUT_ENV, GONE_CONFIRM_ENV
+from gbatch_flows.testing.figures import FIGURES
 from gbatch_flows.testing.moto import MotoS3
 
 from .campaign import StageTimes, stage_times
 from .harness import Forkserver, TaskDir, cli_args
 
 SCALE_ENV = "GBATCH_RELIABILITY_SCALE"
-FIGURES_ENV = "GBATCH_RELIABILITY_FIGURES"  # optional: append the figures of this run to this JSON-lines file
 BATCH_DURATION = 0.2  # emulator seconds from batch creation to completion
 
 
@@ -59,25 +57,11 @@ def scale() -> Scale:
 
 # ---------------------------------------------------------------- figures (printed at the end of the session)
 
-_FIGURES: dict[str, dict[str, Any]] = {}
-
-
 @pytest.fixture(scope="session")
-def figures() -> dict[str, dict[str, Any]]:
-    """Tests record what they measured here (kills survived, faults injected...); shown after the run."""
-    return _FIGURES
-
-
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if not _FIGURES:
-        return
-    terminalreporter.section("reliability figures")
-    for name, values in _FIGURES.items():
-        terminalreporter.write_line(f"{name}: {json.dumps(values, sort_keys=True, default=str)}")
-    path = os.environ.get(FIGURES_ENV)
-    if path:
-        with open(path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps({"time": time.time(), "figures": _FIGURES}, default=str) + "\n")
+def figures() -> dict[str, Any]:
+    """Tests record what they measured here (kills survived, faults injected...); shown after the run (the
+    root conftest prints them, merged across pytest-xdist workers)."""
+    return FIGURES
 
 
 # ---------------------------------------------------------------- processes and servers
