@@ -95,6 +95,7 @@ def run_task(task: Task, options: Options, session_id: str | None, *, reporter: 
                 log.info("option adapted: %s", note)
             prepare(engine, task)
             if options.no_run:
+                reconcile_at_end(engine)  # the status shows what the remote holds that the manifest missed
                 state = engine.refresh()
                 print("\n".join(status.status_lines(engine)), flush=True)
                 return RunSummary("stopped", "no_run: maintenance done, nothing run", state.generation, counts(state))

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from gbatch_flows import costs
-from gbatch_flows.engine.state import UNPROCESSED, TaskState
+from gbatch_flows.engine.state import ORPHAN_PREFIX, UNPROCESSED, TaskState
 from gbatch_flows.models import BatchRecord
 
 if TYPE_CHECKING:
@@ -209,6 +209,17 @@ def tuning_line(stats: CompletionStats, meta: Mapping[str, Any]) -> str:
             f"{stats.max_ratio:.3g}, p95 {stats.p95_ratio():.3g} (completion_ratio {meta.get('completion_ratio')})")
 
 
+def orphan_line(state: TaskState) -> str | None:
+    """Remote batches of this task that the manifest did not know when a reconcile found them (see
+    ``engine/reconcile.py``): cancelled, their cost counted in the task's spend."""
+    records = [v for k, v in state.manifest.sections.items() if k.startswith(ORPHAN_PREFIX)]
+    if not records:
+        return None
+    running = sum(r.get("settled") is None for r in records)
+    return (f"remote batches found outside the manifest (cancelled, cost counted): {len(records)}"
+            + (f", {running} not ended yet (worst case reserved)" if running else ""))
+
+
 def status_lines(engine: Engine) -> list[str]:
     """The task status as text lines (for ``--no_run`` and the end of a run)."""
     state = engine.state
@@ -236,6 +247,9 @@ def status_lines(engine: Engine) -> list[str]:
         f" (worst case ${left.worst_cost:.4f})",
         tuning_line(stats, meta),
     ]
+    strays = orphan_line(state)
+    if strays:
+        lines.append(strays)
     files = batch_files(engine)
     if files:
         lines.append(f"unpushed batch files ({len(files)}): {', '.join(files[:3])}" + (" ..." if len(files) > 3 else ""))

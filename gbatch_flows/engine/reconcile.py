@@ -22,13 +22,10 @@ from gbatch_flows.engine import limits
 from gbatch_flows.engine.context import Engine
 from gbatch_flows.engine.poll import FINAL
 from gbatch_flows.engine.push import ADOPT_LOOKBACK_S, cancel_remote, commit_pushed
-from gbatch_flows.engine.state import TOTALS, Changes
+from gbatch_flows.engine.state import ORPHAN_PREFIX, TOTALS, Changes
 from gbatch_flows.models import BatchRecord, Spend, Usage
 
 log = logging.getLogger("gbatch_flows.engine.reconcile")
-
-ORPHAN_PREFIX = "orphan/"
-
 
 class OrphanRecord(BaseModel):
     """A remote batch of this task that no local batch owns (cancelled; its spend reserved, then settled)."""

@@ -20,6 +20,7 @@ from gbatch_flows.store import Manifest
 TASK = "task"
 CURSOR = "cursor"
 TOTALS = "totals"
+ORPHAN_PREFIX = "orphan/"  # + remote id: a remote batch of this task no local batch owns (engine/reconcile.py)
 
 IN_FLIGHT = ("pushing", "pushed")
 UNPROCESSED = ("assembled", "pushing", "pushed", "done")

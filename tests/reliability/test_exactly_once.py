@@ -111,3 +111,34 @@ def test_direct_calls_with_lost_answers_stay_within_every_limit(tmp_path: Path, 
         "limited": {"max_task_cost": limit, "real_cost": round(limited_real, 6),
                     "lost_answers": limited_stats["faults_injected"].get("answer_lost", 0)},
     }
+
+
+def test_status_view_reports_a_remote_batch_the_manifest_missed(tmp_path: Path, capsys: Any) -> None:
+    """`--no_run` (the status view) reconciles too: a twin created behind the task's back is cancelled, counted and
+    shown, and the manifest records it once."""
+    import openai
+
+    from gbatch_flows import cli
+    from gbatch_flows.engine.push import metadata_for
+
+    from .harness import DUMMY_KEY, cli_args
+
+    task_dir = TaskDir("local", str(tmp_path / "tasks"))
+    with run_emulator(EmulatorConfig(batch_duration=30.0)) as emu:
+        argv = cli_args(task_dir.task_dir, emu.base_url, 20, openai_api_key=DUMMY_KEY, max_batch_requests=10)
+        assert cli.main(RelTask, argv + ["--max_remote_batches", "0"]) == 0  # assembled only: nothing remote yet
+        state = task_dir.state()
+        client = openai.OpenAI(api_key=DUMMY_KEY, base_url=emu.base_url)
+        uploaded = client.files.create(file=("twin.jsonl", b'{"custom_id": "x", "method": "POST", "url": '
+                                             b'"/v1/chat/completions", "body": {"model": "gpt-4o-mini", "messages": '
+                                             b'[{"role": "user", "content": "hi"}]}}\n'), purpose="batch")
+        twin = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                     completion_window="24h", metadata=metadata_for(state.task.task_id, 1))
+        capsys.readouterr()
+        assert cli.main(RelTask, argv + ["--no_run"]) == 0
+        out = capsys.readouterr().out
+        assert "remote batches found outside the manifest (cancelled, cost counted): 1" in out, out
+        assert client.batches.retrieve(twin.id).status in ("cancelling", "cancelled")
+        assert [k for k in task_dir.state().manifest.sections if k.startswith("orphan/")] == [f"orphan/{twin.id}"]
+        assert cli.main(RelTask, argv + ["--no_run"]) == 0  # seen again: still one record
+        assert len([k for k in task_dir.state().manifest.sections if k.startswith("orphan/")]) == 1
