@@ -46,6 +46,7 @@ def test_api_key_is_never_written_anywhere(mode: str, tmp_path: Path, figures: d
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "PREFECT_", "WANDB_"))}
     env.update(
         HOME=str(home), PREFECT_HOME=str(home / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="300",  # its temporary server, on a loaded machine
         WANDB_MODE="offline", WANDB_DIR=str(home / "wandb"), WANDB_CACHE_DIR=str(home / "wandb-cache"),
         WANDB_CONFIG_DIR=str(home / "wandb-config"), WANDB_DATA_DIR=str(home / "wandb-data"), WANDB_SILENT="true",
     )
