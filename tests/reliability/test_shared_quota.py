@@ -89,8 +89,9 @@ def test_tasks_share_one_enqueued_token_limit(n_tasks: int, forkserver: Forkserv
     figures[f"shared_quota[{n_tasks} tasks]"] = {"refused": len(refused), "limit_in_use": round(use, 3),
                                                   "max_enqueued": peak, "spent": round(spent, 5),
                                                   "contended_samples": len(contended)}
-    # 0.81-0.93 measured here (tests/reliability/README.md); the bound only catches a quota that idles
-    assert use >= 0.7, f"only {use:.0%} of the shared enqueued-token limit in use while a task waited"
+    # 0.87-0.89 measured on an otherwise idle machine, 0.66 with the machine overloaded (tests/reliability/README.md);
+    # the bound catches a quota that idles (a waiter that stopped asking and kept the others behind it gave 0.11)
+    assert use >= 0.5, f"only {use:.0%} of the shared enqueued-token limit in use while a task waited"
 
 
 @pytest.mark.slow
