@@ -1,4 +1,4 @@
-"""Fixtures shared by several test folders: one moto S3 server for the whole session."""
+"""Fixtures shared by several test folders: one moto S3 server for the whole session, the figures."""
 
 from __future__ import annotations
 
@@ -61,6 +61,13 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     if path:
         with open(path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps({"time": time.time(), "figures": figures.FIGURES}, default=str) + "\n")
+
+
+@pytest.fixture(scope="session", name="figures")
+def figures_fixture() -> dict[str, Any]:
+    """Tests record what they measured here (kills survived, faults injected, shares of a limit in use...); shown
+    after the run (merged across pytest-xdist workers, see above)."""
+    return figures.FIGURES
 
 
 @pytest.fixture(scope="session")

@@ -35,6 +35,8 @@ START_TIMEOUT_S = 120.0
 RUN_TIMEOUT_S = 120.0
 RETRY_STATUSES = (429, 502, 503)
 RETRY_ATTEMPTS = 6
+RANGE = "0x41-0x5A"  # char_codes runs: the capital letters
+TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}  # flow-run state types
 
 
 def process_tree(pid: int) -> list[int]:
@@ -142,7 +144,8 @@ class DocCommands:
 
     port: int
     commands: list[str]
-    used: set[str] = field(default_factory=set)  # the commands the tests ran (normalized)
+    used: set[str] = field(default_factory=set)  # the commands the tests ran (normalized, as the README shows them)
+    shown: dict[str, str] = field(default_factory=dict)  # command as run -> as the README shows it
 
     @classmethod
     def load(cls, port: int) -> DocCommands:
@@ -152,22 +155,26 @@ class DocCommands:
         """The documented commands that start with ``start``, ready to run."""
         found = [c for c in self.commands if normalized(c).startswith(start)]
         assert found, f"deployments/README.md shows no command starting with {start!r}"
-        return [c.replace(f":{DOC_PORT}", f":{self.port}").replace(f"--port {DOC_PORT}", f"--port {self.port}")
-                for c in found]
+        ready = []
+        for command in found:
+            run = command.replace(f":{DOC_PORT}", f":{self.port}").replace(f"--port {DOC_PORT}", f"--port {self.port}")
+            self.shown[run] = command
+            ready.append(run)
+        return ready
 
     def one(self, start: str) -> str:
         """The documented command that is ``start``, or else the only one that starts with it."""
         found = self.get(start)
         exact = [c for c in found if normalized(c) == start]
         (command,) = set(exact or found)
-        self.used.add(normalized(command))
+        self.used.add(normalized(self.shown[command]))
         return command
 
     def exports(self, **placeholders: str) -> dict[str, str]:
         """The README's `export NAME=value` lines; ``placeholders`` give the values of NAME=<placeholder>."""
         env: dict[str, str] = {}
         for command in self.get("export "):
-            self.used.add(normalized(command))
+            self.used.add(normalized(self.shown[command]))
             name, _, value = command.removeprefix("export ").partition("=")
             env[name] = placeholders.get(name, value)
         return env
@@ -270,15 +277,16 @@ class EmulatorProcess:
         self.gate.unlink(missing_ok=True)
 
 
-@pytest.fixture(scope="module")
-def emulator(e2e_dir: Path) -> Iterator[EmulatorProcess]:
-    """``python -m gbatch_flows.emulator`` answering like the demos (its default), while its gate file exists."""
+@contextlib.contextmanager
+def emulator_process(log_dir: Path, *flags: str) -> Iterator[EmulatorProcess]:
+    """``python -m gbatch_flows.emulator`` with ``flags`` on a free port, answering like the demos (its default)
+    while its gate file exists (tests/deploy/gated_responder.py); the gate is open at the start and at the end."""
     port = free_port()
-    gate = e2e_dir / "emulator-gate"
+    gate = log_dir / f"emulator-{port}-gate"
     env = clean_env(PYTHONPATH=f"{Path(__file__).parent}{os.pathsep}{REPO}", GBATCH_TEST_GATE=str(gate))
-    command = [sys.executable, "-m", "gbatch_flows.emulator", "--port", str(port), "--batch-duration", "0.2",
-               "--responder", "*=gated_responder:answer", "--log-level", "warning"]
-    service = Service("emulator", command, env, e2e_dir)
+    command = [sys.executable, "-m", "gbatch_flows.emulator", "--port", str(port), "--responder",
+               "*=gated_responder:answer", "--log-level", "warning", *flags]
+    service = Service("emulator", command, env, log_dir)
     emu = EmulatorProcess(base_url=f"http://127.0.0.1:{port}/v1", gate=gate)
     emu.open_gate()
     try:
@@ -287,6 +295,13 @@ def emulator(e2e_dir: Path) -> Iterator[EmulatorProcess]:
     finally:
         emu.open_gate()
         service.stop()
+
+
+@pytest.fixture(scope="module")
+def emulator(e2e_dir: Path) -> Iterator[EmulatorProcess]:
+    """The emulator of the deployment tests: batches done 0.2 s after creation (while the gate is open)."""
+    with emulator_process(e2e_dir, "--batch-duration", "0.2") as emu:
+        yield emu
 
 
 @dataclass
@@ -298,10 +313,10 @@ class Workers:
     log_dir: Path
     started: list[Service]
 
-    def start(self) -> Service:
-        """deployments/README.md's ``prefect worker start --pool local``."""
+    def start(self, *args: str) -> Service:
+        """deployments/README.md's ``prefect worker start --pool local`` (+ ``args``, e.g. ``--limit 1``)."""
         name = f"worker-{len(self.started) + 1}"
-        command = self.api.docs.one("prefect worker start")
+        command = " ".join([self.api.docs.one("prefect worker start"), *args])
         worker = Service(name, ["bash", "-c", f"exec {command}"], self.env, self.log_dir)
         self.started.append(worker)
         return worker
@@ -347,3 +362,43 @@ def workers(prefect_api: PrefectApi, s3: tuple[MotoS3, str], e2e_dir: Path, chec
 
 def dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True)
+
+
+# ------------------------------------------------------------------------------------ deployments and flow runs
+
+
+@pytest.fixture(scope="module")
+def deployments(prefect_api: PrefectApi) -> dict[str, dict[str, Any]]:
+    """deployments/README.md's steps: create the `local` process pool, deploy everything in prefect.yaml."""
+    prefect_api.doc("prefect work-pool create local --type process")
+    prefect_api.doc("prefect --no-prompt deploy --all")
+    return {d["name"]: d for d in prefect_api.post("/deployments/filter", {})}
+
+
+def run_parameters(emulator: EmulatorProcess, task_dir: str, char_ranges: str = RANGE,
+                   **options: Any) -> dict[str, Any]:
+    """Parameters of one char_codes run: no secret in them (the key and the S3 credentials are in the worker's env)."""
+    return {
+        "options": {"task_dir": task_dir, "client_base_url": emulator.base_url, "no_wandb": True,
+                    "poll_interval_min_s": 0.05, "poll_interval_max_s": 0.2, "max_session_cost": None, **options},
+        "params": {"char_ranges": char_ranges},
+    }
+
+
+def trigger(api: PrefectApi, deployment: dict[str, Any], parameters: dict[str, Any]) -> str:
+    run = api.post(f"/deployments/{deployment['id']}/create_flow_run", {"parameters": parameters})
+    return str(run["id"])
+
+
+def wait_state(api: PrefectApi, run_id: str, expected: str, workers: Workers,
+               timeout: float = RUN_TIMEOUT_S) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        run = api.get(f"/flow_runs/{run_id}")
+        state = run["state"]["type"] if run.get("state") else None
+        if state == expected:
+            return run
+        if state in TERMINAL or time.monotonic() > deadline:
+            logs = "\n".join(f"--- {w.name}\n{w.log_tail(3000)}" for w in workers.started)
+            pytest.fail(f"flow run {run_id} is {state} ({run['state'].get('message')}), expected {expected}\n{logs}")
+        time.sleep(0.25)

@@ -31,49 +31,14 @@ from .conftest import (
     clean_env,
     dumps,
     is_running,
+    run_parameters,
+    trigger,
+    wait_state,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.s3]
 
-RANGE = "0x41-0x5A"
 CODEPOINTS = list(range(0x41, 0x5B))
-TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
-
-
-@pytest.fixture(scope="module")
-def deployments(prefect_api: PrefectApi) -> dict[str, dict[str, Any]]:
-    """deployments/README.md's steps: create the `local` process pool, deploy everything in prefect.yaml."""
-    prefect_api.doc("prefect work-pool create local --type process")
-    prefect_api.doc("prefect --no-prompt deploy --all")
-    return {d["name"]: d for d in prefect_api.post("/deployments/filter", {})}
-
-
-def run_parameters(emulator: EmulatorProcess, task_dir: str, **options: Any) -> dict[str, Any]:
-    """Parameters of one run: no secret in them (the key and the S3 credentials are in the worker's env)."""
-    return {
-        "options": {"task_dir": task_dir, "client_base_url": emulator.base_url, "no_wandb": True,
-                    "poll_interval_min_s": 0.05, "poll_interval_max_s": 0.2, "max_session_cost": None, **options},
-        "params": {"char_ranges": RANGE},
-    }
-
-
-def trigger(api: PrefectApi, deployment: dict[str, Any], parameters: dict[str, Any]) -> str:
-    run = api.post(f"/deployments/{deployment['id']}/create_flow_run", {"parameters": parameters})
-    return str(run["id"])
-
-
-def wait_state(api: PrefectApi, run_id: str, expected: str, workers: Workers,
-               timeout: float = RUN_TIMEOUT_S) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        run = api.get(f"/flow_runs/{run_id}")
-        state = run["state"]["type"] if run.get("state") else None
-        if state == expected:
-            return run
-        if state in TERMINAL or time.monotonic() > deadline:
-            logs = "\n".join(f"--- {w.name}\n{w.log_tail(3000)}" for w in workers.started)
-            pytest.fail(f"flow run {run_id} is {state} ({run['state'].get('message')}), expected {expected}\n{logs}")
-        time.sleep(0.25)
 
 
 def artifacts(api: PrefectApi, run_id: str) -> dict[str, dict[str, Any]]:

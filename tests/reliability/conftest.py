@@ -6,13 +6,11 @@ import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from gbatch_flows.emulator import EmulatorConfig, run_emulator
 from gbatch_flows.engine.fencing import CREATE_TIMEOUT_ENV, GONE_CONFIRM_ENV
-from gbatch_flows.testing.figures import FIGURES
 from gbatch_flows.testing.moto import MotoS3
 
 from .campaign import StageTimes, stage_times
@@ -53,15 +51,6 @@ def scale_from_env() -> Scale:
 @pytest.fixture(scope="session")
 def scale() -> Scale:
     return scale_from_env()
-
-
-# ---------------------------------------------------------------- figures (printed at the end of the session)
-
-@pytest.fixture(scope="session")
-def figures() -> dict[str, Any]:
-    """Tests record what they measured here (kills survived, faults injected...); shown after the run (the
-    root conftest prints them, merged across pytest-xdist workers)."""
-    return FIGURES
 
 
 # ---------------------------------------------------------------- processes and servers
