@@ -16,21 +16,11 @@ from gbatch_flows.testing.moto import MotoS3, moto_s3_server
 SLOW_FIXTURES = {"prefect_server"}  # a Prefect server (tests/flow): the test tier `-m "not slow"` leaves them out
 
 
-#: tests that must share one pytest-xdist worker: they run servers on the ports the docs show (deployments/README.md's
-#: Prefect server on 4200, the README's emulator on 8000), which two workers would both find free and then share
-ONE_WORKER = {"tests/deploy/": "documented-prefect-port", "tests/docs/": "documented-emulator-port"}
-
-
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups (--dist loadgroup)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests that use a Prefect server are `slow`, wherever they are; tests on documented ports share a worker."""
+    """Tests that use a Prefect server are `slow`, wherever they are."""
     for item in items:
         if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
-        path = item.nodeid.split("::", 1)[0]
-        for prefix, group in ONE_WORKER.items():
-            if path.startswith(prefix):
-                item.add_marker(pytest.mark.xdist_group(group))
 
 
 FIGURES_ENV = "GBATCH_RELIABILITY_FIGURES"  # optional: append the figures of this run to this JSON-lines file

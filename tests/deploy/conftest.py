@@ -8,11 +8,13 @@ exactly as a user would, so it does not depend on the Prefect settings of the te
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -242,7 +244,29 @@ def prefect_api(e2e_dir: Path) -> Iterator[PrefectApi]:
     """deployments/README.md's ``prefect server start`` (on a free port if its port is taken here) with a new
     PREFECT_HOME; the scheduler service is off: the schedules of prefect.yaml are registered, but create no runs
     during the test."""
-    docs = DocCommands.load(DOC_PORT if port_is_free(DOC_PORT) else free_port())
+    with documented_port() as port:
+        yield from _prefect_api(e2e_dir, port)
+
+
+@contextlib.contextmanager
+def documented_port() -> Iterator[int]:
+    """The documented port for one test module at a time on this machine (pytest-xdist workers run modules side by
+    side: a lock file decides which one gets it, the others take a free port), while the module runs."""
+    lock_path = Path(tempfile.gettempdir()) / f"gbatch-tests-port-{DOC_PORT}.lock"
+    with open(lock_path, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield free_port()
+            return
+        try:
+            yield DOC_PORT if port_is_free(DOC_PORT) else free_port()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _prefect_api(e2e_dir: Path, port: int) -> Iterator[PrefectApi]:
+    docs = DocCommands.load(port)
     api = PrefectApi(url=docs.exports()["PREFECT_API_URL"], home=e2e_dir / "prefect-home", logs=e2e_dir, docs=docs)
     assert api.url == f"http://127.0.0.1:{docs.port}/api"
     env = clean_env(PREFECT_HOME=str(api.home), PREFECT_UI_ENABLED="false",
