@@ -102,8 +102,9 @@ def start(engine: Engine) -> None:
 
 
 #: How often a task sending direct requests renews its share of the shared direct limits; a task that joins waits
-#: this long before its first request, so that the tasks already sending have seen it and lowered their share.
+#: until the tasks already sending have renewed (seen it and lowered their share) before its first request.
 DIRECT_REFRESH_S = 2.0
+DIRECT_JOIN_MAX_S = 30.0  # the ledger's DIRECT_TTL_S: a task silent that long no longer counts
 
 
 class DirectShare:
@@ -121,13 +122,23 @@ class DirectShare:
         if quota is None or (not force and self.clock() - self.renewed < DIRECT_REFRESH_S and model in self.models):
             return
         joining = model not in self.models
+        since = quota.clock()
         rpm, tpm = quota.direct_share(_task_id(self.engine), model)
         options = self.engine.options
         self.pacer.set_ceiling(_least(rpm, options.max_direct_rpm), _least(tpm, options.max_direct_tpm))
         self.renewed = self.clock()
         self.models.add(model)
         if joining and (rpm is not None or tpm is not None):
-            self.sleep(DIRECT_REFRESH_S)  # the tasks already sending see us at their next renewal, then we start
+            self._wait_until_counted(model, since)
+
+    def _wait_until_counted(self, model: str, since: float) -> None:
+        """Before a joining task sends, every task already sending renews its share (at most DIRECT_REFRESH_S
+        apart, later on a busy machine) and so lowers it: until then their shares and ours add up to more than the
+        limit. Bounded by DIRECT_JOIN_MAX_S (a task that stopped renewing drops out of the count by then)."""
+        quota = self.engine.quota
+        deadline = self.clock() + DIRECT_JOIN_MAX_S
+        while not quota.direct_joined(_task_id(self.engine), model, since) and self.clock() < deadline:
+            self.sleep(0.1)
 
     def leave(self) -> None:
         if self.engine.quota is not None:

@@ -315,6 +315,17 @@ class QuotaLedger:
 
         return self._update(change, f"direct heartbeat {key}")
 
+    def direct_joined(self, task_id: str, model: str, since: float) -> bool:
+        """Whether every other task sending to ``model`` has renewed its share since ``since`` (when this task
+        announced itself): they all count this task now and have lowered their share."""
+        manifest = self.load()
+        now = self.clock()
+        for key in manifest.keys(f"direct/{model}/"):
+            seen = float(manifest.get(key)["seen_at"])
+            if key != f"direct/{model}/{task_id}" and now - seen <= DIRECT_TTL_S and seen < since:
+                return False
+        return True
+
     # ------------------------------------------------------------------ recovery
 
     def sync_task(self, task_id: str, batches: Mapping[int, tuple[str, float, int]]) -> dict[str, int]:

@@ -87,9 +87,10 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
         )
         from prefect.testing.utilities import prefect_test_harness
 
+        # a generous start-up timeout: four test workers on two cores start servers and flows side by side
         updates = {PREFECT_HOME: home, PREFECT_RESULTS_LOCAL_STORAGE_PATH: results,
                    PREFECT_SERVER_ANALYTICS_ENABLED: False}
-        with temporary_settings(updates=updates), prefect_test_harness(server_startup_timeout=60):
+        with temporary_settings(updates=updates), prefect_test_harness(server_startup_timeout=240):
             yield PrefectServer(api_url=str(PREFECT_API_URL.value()), home=home, results_dir=results)
 
 

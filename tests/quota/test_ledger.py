@@ -186,3 +186,22 @@ def test_settling_several_holds_in_one_commit_books_each(ledger: QuotaLedger) ->
         assert ledger.reserve(hold("t", local_id, 500, cost=0.01)).granted
     ledger.sync_task("t", {1: ("processed", 0.001, 10), 2: ("processed", 0.002, 20), 3: ("failed", 0.0, 0)})
     assert ledger.report()["models"][MODEL]["today"] == {"cost": pytest.approx(0.003), "tokens": 30}
+
+
+def test_a_joining_direct_task_waits_until_every_sender_counts_it(tmp_path: Path) -> None:
+    """A task that joins may send only once each task already sending has renewed its share after the join (and so
+    lowered it): until then their shares and the newcomer's would add up to more than the limit."""
+    now = [1_000_000.0]
+    led = QuotaLedger(str(tmp_path / "q"), clock=lambda: now[0])
+    led.set_limits(ModelLimits(model=MODEL, max_direct_rpm=3000))
+    led.direct_share("a", MODEL)
+    now[0] += 1
+    joined_at = now[0]
+    assert led.direct_share("b", MODEL) == (1500, None)
+    assert not led.direct_joined("b", MODEL, joined_at)  # "a" still sends at 3000
+    now[0] += 1
+    assert led.direct_share("a", MODEL) == (1500, None)  # "a" renews: now it counts "b"
+    assert led.direct_joined("b", MODEL, joined_at)
+    assert led.direct_joined("c", MODEL, now[0] + 100) is False
+    now[0] += 60  # "a" went silent: it no longer holds anyone back
+    assert led.direct_joined("c", MODEL, now[0])
