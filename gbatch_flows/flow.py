@@ -188,13 +188,22 @@ def _options_hash(options: Options) -> str:
 
 
 class PrefectStages(Stages):
-    """The run's stages, each call run as its stage's Prefect task (same pacer and stats across loops)."""
+    """The run's stages, each call run as its stage's Prefect task (same pacer and stats across loops); with
+    ``--shared_direct_limit``, direct requests also take from Prefect rate limits (``prefect_rate.py``)."""
 
     def __init__(self, engine: Engine, options: Options, url: str):
         super().__init__(engine)
         self.url = url
         self.opts_hash = _options_hash(options)
         self.calls: dict[Stage, int] = {}
+        if options.shared_direct_limit:
+            from gbatch_flows import prefect_rate
+
+            engine.shared_rate = prefect_rate.PrefectRateLimits(options.shared_direct_limit, options.max_direct_rpm,
+                                                                options.max_direct_tpm)
+            if not prefect_rate.server_present():
+                log.warning("--shared_direct_limit without a Prefect server (PREFECT_API_URL is not set): this run's "
+                            "temporary server holds the shared limits, so only runs in this process share them")
 
     def call(self, stage: Stage, *args: Any) -> Any:
         state = self.engine.refresh()

@@ -150,6 +150,12 @@ class Options(BaseModel):
     max_direct_tpm: float | None = _opt(None, "Maximum direct API tokens per minute (unset = no limit).",
                                         G_RUN, gt=0)
     max_direct_concurrency: int = _opt(16, "Maximum direct API requests in flight at once.", G_RUN, ge=1)
+    shared_direct_limit: str | None = _opt(
+        None, "Share --max_direct_rpm / --max_direct_tpm with every flow run that gives the same NAME (one per API "
+        "key) and model: each direct request also takes its slots from Prefect global concurrency limits used as rate "
+        "limits, gbatch-direct-rpm-NAME-MODEL and gbatch-direct-tpm-NAME-MODEL, which the flow creates or sets to "
+        "90% of these values. Only in the Prefect flow against a Prefect server (--no_prefect shares nothing this way; "
+        "--quota_dir shares direct limits through its ledger instead).", G_RUN, pattern=r"^[A-Za-z0-9._-]+$")
     no_prefect: bool = _opt(False, "Run the stages in this process without Prefect (quicker start; no Prefect "
                             "UI, stage caching or artifacts).", G_RUN)
 
@@ -348,6 +354,9 @@ class Options(BaseModel):
                 problems.append(f"{low} ({_num(low_value)}) > {high} ({_num(high_value)}); lower --{low} or raise "
                                 f"--{high}")
         problems += [why for first, second, why in _EXCLUSIVE if why and _on(self, first) and _on(self, second)]
+        if self.shared_direct_limit and self.max_direct_rpm is None and self.max_direct_tpm is None:
+            problems.append("--shared_direct_limit without --max_direct_rpm or --max_direct_tpm: there is no limit to "
+                            "share; give one of them")
         if self.emulator == "always" and self.client_base_url is not None:
             problems.append(f"--emulator always, but client_base_url is {self.client_base_url!r} (from "
                             f"--client_base_url or the OPENAI_BASE_URL environment variable): the emulator "

@@ -163,4 +163,7 @@ def run_plain(task: Task, options: Options, session_id: str | None = None,
 
         with api_endpoint(options, task) as (base_url, key, local):
             return dry_run(task, options, local_server=local)
+    if options.shared_direct_limit and not options.no_run:
+        log.warning("--shared_direct_limit %s is not used without Prefect (--no_prefect): this run's direct requests "
+                    "are limited by its own --max_direct_rpm / --max_direct_tpm only", options.shared_direct_limit)
     return run_task(task, options, session_id, reporter=ConsoleReporter(), on_commit=on_commit)

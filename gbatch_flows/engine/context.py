@@ -18,6 +18,7 @@ from gbatch_flows.store import Lease, Store
 if TYPE_CHECKING:
     import openai
 
+    from gbatch_flows.engine.shared_rate import SharedRate
     from gbatch_flows.options import Options
     from gbatch_flows.quota import QuotaLedger
 
@@ -39,6 +40,7 @@ class Engine:
     local_server: bool = False
     lease: Lease | None = None
     quota: QuotaLedger | None = None  # the shared quota ledger (--quota_dir), if any
+    shared_rate: SharedRate | None = None  # a direct RPM/TPM shared with other runs (the flow's, see shared_rate.py)
     flags_only_prices: bool = False  # a public non-OpenAI server: no price table is known, prices come from flags
     outage: Any = None  # remote_errors.OutagePolicy of the run (None: the default policy)
     on_commit: list[Callable[[TaskState], None]] = field(default_factory=list)

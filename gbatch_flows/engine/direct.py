@@ -45,6 +45,7 @@ class DirectStats:
         self.errors = 0
         self.unknown = 0  # attempts whose outcome is unknown (timeout, dropped connection, 5xx)
         self.commits = 0
+        self.shared_wait_s = 0.0  # time attempts waited for the limit shared with other runs (Engine.shared_rate)
 
 
 @dataclass(slots=True)
@@ -70,25 +71,31 @@ class DirectRunner:
         self.tracker = self.policy.tracker
         self.stop: remote_errors.RemoteStop | None = None  # a refused key, no such endpoint, an outage too long
         self.unanswered_streak = 0  # calls in a row without an answer: the workers back off while it grows
+        self.shared = engine.shared_rate  # a limit shared with other runs: an extra gate after the pacer
 
     def _show(self, level: str, custom_id: str, body: bytes, answer: Any) -> None:
         if self.verbose >= _VERBOSITY[level]:
             log.warning("direct %s %s\n  request: %s\n  response: %s", level, custom_id,
                         body.decode(errors="replace")[:2000], str(answer)[:2000])
 
-    async def one(self, caller: Caller, path: str, custom_id: str, body: bytes, tokens: int) -> Call | None:
+    async def one(self, caller: Caller, path: str, custom_id: str, body: bytes, tokens: int,
+                  model: str = "") -> Call | None:
         """Send one request (retrying what is worth retrying, paced) and return its result line; None when the run
         must stop (``self.stop``) before this request got an answer (nothing of it was billed).
 
         Errors follow ``remote_errors``: a refused key or a missing endpoint stops the run (nothing marked failed);
         transient errors are retried while the remote has been down for less than --max_outage_s (longer stops the
         run); a request that keeps failing while others get answers gives up after MAX_ATTEMPTS (requeued by the
-        process stage); any other 4xx fails that request.
+        process stage); any other 4xx fails that request. With a shared limit (``Engine.shared_rate``) each attempt
+        also takes its request and tokens from it, after the pacer; a shared limit that cannot be reached stops the
+        run like an outage.
         """
         last: dict[str, Any] = {}
         attempt = 0
         while self.stop is None:
             await self.pacer.acquire(tokens)
+            if self.shared is not None and self.stop is None:
+                await self._take_shared(model, tokens)
             if self.stop is not None:
                 break
             self.engine.fence.before_call()
@@ -148,6 +155,19 @@ class DirectRunner:
             self._show("error", custom_id, body, answer.error or answer.body)
             return Call(_line(custom_id, status, None, last, answer.request_id))
         return None
+
+    async def _take_shared(self, model: str, tokens: int) -> None:
+        """Take one request and ``tokens`` tokens from the shared limit; when it cannot be reached, stop the run."""
+        started = time.monotonic()
+        try:
+            await self.shared.take(model, 1, tokens)  # type: ignore[union-attr]
+        except Exception as exc:  # noqa: BLE001 - whatever the hook raised: one line, the run stops cleanly
+            if self.stop is None:
+                self.stop = remote_errors.RemoteStop(
+                    f"direct requests stopped: the limit shared with other runs cannot be taken ({exc}); the task "
+                    "keeps what is committed, run again once it can be reached")
+        finally:
+            self.stats.shared_wait_s += time.monotonic() - started
 
     async def _back_off_unanswered(self) -> None:
         """After a call without an answer, wait before this worker sends again (exponential, jittered, capped by
@@ -241,7 +261,11 @@ async def _run_batches(engine: Engine, pacer: Pacer, stats: DirectStats,
     try:
         return await pipeline.run(concurrency)
     finally:
-        await caller.close()
+        try:
+            await caller.close()
+        finally:
+            if engine.shared_rate is not None:
+                await engine.shared_rate.aclose()
 
 
 class BatchRun:
@@ -340,7 +364,7 @@ class Pipeline:
                 self.sending += 1
                 try:
                     call = await self.runner.one(self.caller, run.path, run.custom_ids[i], run.bodies[i],
-                                                 run.tokens[i])
+                                                 run.tokens[i], run.batch.model)
                 finally:
                     self.sending -= 1
                 if call is not None and run.finish(i, call) and (

@@ -14,6 +14,7 @@ from gbatch_flows.engine import direct
 from gbatch_flows.engine.direct_http import CallOutcome, HttpCaller, endpoint_path
 from gbatch_flows.engine.output import records
 from gbatch_flows.engine.runner import Runner, run_engine
+from gbatch_flows.engine.shared_rate import SharedRateError
 
 from .conftest import DUMMY_KEY, EchoTask, engine_for, make_options
 
@@ -125,3 +126,47 @@ def test_never_sends_past_the_committed_mark_and_commits_do_not_stall_sending(tm
     assert not violations, violations[:3]
     assert during_commit > 20, f"only {during_commit} of 200 calls went out while a commit was being written"
     assert all(b.state == "processed" and b.direct_done == b.requests for b in batches)
+
+
+class CountingShare:
+    """A stand-in for a limit shared with other runs (``Engine.shared_rate``): counts what each attempt takes;
+    after ``fail_after`` takes it fails, as a shared limit that can no longer be reached."""
+
+    def __init__(self, fail_after: int | None = None) -> None:
+        self.taken: list[tuple[str, int, int]] = []
+        self.closed = 0
+        self.fail_after = fail_after
+
+    async def take(self, model: str, requests: int, tokens: int) -> None:
+        if self.fail_after is not None and len(self.taken) >= self.fail_after:
+            raise SharedRateError("the Prefect API did not answer for 30s")
+        self.taken.append((model, requests, tokens))
+        await asyncio.sleep(0)
+
+    async def aclose(self) -> None:
+        self.closed += 1
+
+
+def test_every_direct_attempt_takes_from_the_shared_limit_and_a_failing_one_stops_the_run(tmp_path):
+    with run_emulator(EmulatorConfig(batch_api=False)) as emu:
+        options = make_options(tmp_path / "ok", force_direct=True, max_batch_requests=20, max_direct_concurrency=4)
+        with engine_for(EchoTask(n=40), options, emu) as engine:
+            engine.shared_rate = share = CountingShare()
+            runner = Runner(engine)
+            summary = runner.run()
+            sides = engine.state.batches.values()
+        assert summary.status == "finished"
+        assert len(share.taken) == runner.direct_stats.requests == 40 and share.closed >= 1
+        assert {m for m, _, _ in share.taken} == {b.model for b in sides} and all(r == 1 for _, r, _ in share.taken)
+        assert sum(t for _, _, t in share.taken) == sum(b.tokens + b.max_out for b in sides)
+
+        options = make_options(tmp_path / "stop", force_direct=True, max_batch_requests=20, max_direct_concurrency=4)
+        with engine_for(EchoTask(n=40), options, emu) as engine:
+            engine.shared_rate = CountingShare(fail_after=10)
+            summary = run_engine(engine)
+            state = engine.refresh()
+            failed = sum(b.outcomes.failed for b in state.batches.values())
+            done = sum(b.direct_done for b in state.batches.values() if b.mode == "direct")
+    assert summary.status == "error" and "limit shared with other runs cannot be taken" in summary.reason
+    assert "did not answer for 30s" in summary.reason
+    assert failed == 0 and done == 10  # the answered calls are committed, nothing is marked failed
