@@ -106,7 +106,8 @@ class BatchProcessor:
             line = results.get(request.custom_id)
             usage = None
             if line is not None and line.body is not None:
-                if line.status_code is not None and 200 <= line.status_code < 300:
+                answered = line.status_code is not None and 200 <= line.status_code < 300
+                if answered:
                     usage, readable = usage_of(request, line.body)
                     unreadable += not readable
                 else:  # an error answer: billed only for what it reports
@@ -114,7 +115,7 @@ class BatchProcessor:
                 prompt += usage.prompt_tokens
                 completion += usage.completion_tokens
                 cached += usage.cached_tokens
-                if line.status_code is not None and 200 <= line.status_code < 300:
+                if answered:
                     self.out.completion.add(usage.completion_tokens, usage.prompt_tokens)
             self._handle(request, line, usage)
         self._requeue_unanswered()

@@ -18,6 +18,7 @@ from gbatch_flows.engine import limits
 from gbatch_flows.engine.context import Engine, EngineStop
 from gbatch_flows.models import BatchRecord
 from gbatch_flows.quota import Hold, QuotaError
+from gbatch_flows.quota.ledger import DIRECT_TTL_S
 
 log = logging.getLogger("gbatch_flows.engine.quota")
 
@@ -104,7 +105,7 @@ def start(engine: Engine) -> None:
 #: How often a task sending direct requests renews its share of the shared direct limits; a task that joins waits
 #: until the tasks already sending have renewed (seen it and lowered their share) before its first request.
 DIRECT_REFRESH_S = 2.0
-DIRECT_JOIN_MAX_S = 30.0  # the ledger's DIRECT_TTL_S: a task silent that long no longer counts
+DIRECT_JOIN_MAX_S = DIRECT_TTL_S  # a task silent that long no longer counts in the ledger
 
 
 class DirectShare:

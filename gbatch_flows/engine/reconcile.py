@@ -27,6 +27,7 @@ from gbatch_flows.models import BatchRecord, Spend, Usage
 
 log = logging.getLogger("gbatch_flows.engine.reconcile")
 
+
 class OrphanRecord(BaseModel):
     """A remote batch of this task that no local batch owns (cancelled; its spend reserved, then settled)."""
 
