@@ -226,7 +226,8 @@ class Options(BaseModel):
     only_process: bool = _opt(False, "Only wait for and process the batches already pushed: generate and "
                               "push nothing new.", G_ACTIONS)
     no_run: bool = _opt(False, "Do the requested wipes / re-initialisation, print the task status (requests, "
-                        "batches, spend, what remains and its estimated cost), then stop without running the task.",
+                        "batches, spend, what remains and its estimated cost; remote batches of the task the manifest missed are "
+                        "found, cancelled and counted first), then stop without running the task.",
                         G_ACTIONS)
     reinit_meta: bool = _opt(False, "Re-initialise the task's stored meta (model, temperature, task parameters, "
                              "...) from the current options: as in the original, ALL of it (a meta flag not given "
