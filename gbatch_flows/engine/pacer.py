@@ -18,7 +18,11 @@ used), or, when no limit is known yet, only one request is out (the probe). The 
 allowance the server says is already used (by another process, or a run that just stopped) is not spent again.
 
 Reservations are taken in call order without an ``await`` in between (no lock needed in one event loop); each caller
-then sleeps until its own slot.
+then sleeps until its own slot. A caller that wakes late (the process stalled: CPU contention, a blocked loop) is
+checked again against a second bucket kept on the times requests really went out (``sent_tat``): requests whose
+slots passed during a stall do not go out all at once on top of the credit the stall built up; they take that credit
+and then go evenly spaced, so the bound above holds on actual send times, not only on planned ones (measured before
+this check: 13 x 429 in 646 calls from three tasks sharing one limit on a loaded 2-core machine).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import math
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 _DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?(?:(\d+(?:\.\d+)?)ms)?$")
 
@@ -65,6 +69,7 @@ class Limit:
         self.tat = -math.inf  # the bucket's theoretical arrival time (empty history: full credit)
         self.log: deque[tuple[float, float]] = deque()  # (send time, cost) within the window, oldest first
         self.used = 0.0  # sum of the costs in ``log``
+        self.sent_tat = -math.inf  # the same bucket, on the times requests really went out
         self.set_limit(per_minute)
 
     def set_limit(self, per_minute: float) -> None:
@@ -75,6 +80,13 @@ class Limit:
     def bucket_ready(self, cost: float) -> float:
         """Earliest time the bucket holds ``cost`` (a cost above its capacity waits for a full bucket)."""
         return self.tat + min(cost / self.rate, self.burst_s) - self.burst_s
+
+    def sent_ready(self, cost: float) -> float:
+        """Earliest time a request of ``cost`` may really go out, by what really went out before it."""
+        return self.sent_tat + min(cost / self.rate, self.burst_s) - self.burst_s
+
+    def went_out(self, t: float, cost: float) -> None:
+        self.sent_tat = max(self.sent_tat, t) + cost / self.rate
 
     def window_ready(self, t: float, cost: float) -> float:
         """Earliest time >= ``t`` at which ``cost`` fits in the window (drops entries no later slot can see)."""
@@ -104,6 +116,8 @@ class Limit:
         self.tat = max(self.tat, now - self.burst_s)  # a bucket never holds more than burst_s of credit
         if remaining < (now + self.burst_s - self.tat) * self.rate:  # what could go at once now
             self.tat = now + self.burst_s - max(0.0, remaining) / self.rate
+        if remaining < (now + self.burst_s - self.sent_tat) * self.rate:
+            self.sent_tat = now + self.burst_s - max(0.0, remaining) / self.rate
         if self.window_s:
             free = self.allowance - self.used
             if remaining < free:
@@ -115,8 +129,10 @@ class Pacer:
     """Paces requests under an RPM and a TPM limit (either may be ``None``); see the module docstring."""
 
     def __init__(self, rpm: float | None, tpm: float | None, clock: Callable[[], float] = time.monotonic,
-                 burst_s: float = BURST_S, window_s: float | None = None, headroom: float = 1.0) -> None:
+                 burst_s: float = BURST_S, window_s: float | None = None, headroom: float = 1.0,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self._clock = clock
+        self._sleep = sleep
         self.window_s = window_s
         self.burst_s = burst_s
         self.headroom = headroom
@@ -187,6 +203,7 @@ class Pacer:
         for limit in (self.requests, self.tokens):
             if limit is not None:
                 limit.tat = max(limit.tat, self._hold_until + limit.burst_s)
+                limit.sent_tat = max(limit.sent_tat, self._hold_until + limit.burst_s)
 
     # --- sending ------------------------------------------------------------------------------------------------
 
@@ -222,13 +239,29 @@ class Pacer:
         delay = slot - self._clock()
         if delay > 0:
             self.waited_s += delay
-            await asyncio.sleep(delay)
+            await self._sleep(delay)
+        while (late := self.go_out(tokens)) > 0:  # woke late, behind others that went out late: space them
+            self.waited_s += late
+            await self._sleep(late)
+
+    def go_out(self, tokens: float) -> float:
+        """Record one request going out now, if what really went out before it leaves room; else return how long
+        to wait (only after a stall: on-time sends always have room)."""
+        now = self._clock()
+        pairs = [(lim, cost) for lim, cost in ((self.requests, 1.0), (self.tokens, float(tokens))) if lim]
+        ready = max((lim.sent_ready(cost) for lim, cost in pairs), default=now)
+        if ready > now + EPSILON_S:
+            return ready - now
+        for lim, cost in pairs:
+            lim.went_out(now, cost)
+        return 0.0
 
     def _no_credit(self) -> None:
         now = self._clock()
         for limit in (self.requests, self.tokens):
             if limit is not None:
                 limit.tat = max(limit.tat, now + limit.burst_s)
+                limit.sent_tat = max(limit.sent_tat, now + limit.burst_s)
 
     async def _behind_probe(self) -> None:
         """The first caller goes (the probe); the others wait for its answer (or ``PROBE_TIMEOUT_S``)."""
@@ -236,7 +269,7 @@ class Pacer:
             self._probe_started = self._clock()
             return
         while not self._seeded and self._clock() - self._probe_started < PROBE_TIMEOUT_S:
-            await asyncio.sleep(PROBE_POLL_S)
+            await self._sleep(PROBE_POLL_S)
 
 
 def _number(raw: str | None) -> float | None:

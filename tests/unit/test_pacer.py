@@ -205,7 +205,11 @@ def test_no_limits_means_no_waiting():
 
 def test_known_limits_go_evenly_spaced_before_the_first_answer():
     clock = FakeClock()
-    pacer = Pacer(rpm=600, tpm=None, clock=clock, burst_s=1.0)
+
+    async def fake_sleep(seconds):
+        clock.now += seconds
+
+    pacer = Pacer(rpm=600, tpm=None, clock=clock, burst_s=1.0, sleep=fake_sleep)
     slept = []
 
     async def go():
@@ -213,14 +217,53 @@ def test_known_limits_go_evenly_spaced_before_the_first_answer():
             await pacer.acquire(10)
             slept.append(pacer.waited_s)
 
-    real_sleep = asyncio.sleep
+    asyncio.run(go())
+    assert slept == pytest.approx([0.1, 0.2, 0.3])  # no burst, no waiting behind a probe
+
+
+@pytest.mark.parametrize("stall_s", [0.3, 1.0, 3.0])
+def test_requests_woken_late_by_a_stall_do_not_go_out_on_top_of_its_credit(stall_s):
+    """Eight workers each hold a reserved slot; the process stalls (no timer fires) and then every overdue slot
+    wakes at once. What really goes out stays within the bucket (rate x (T + burst)) on actual send times, so a
+    server bucket holding one second of allowance refuses nothing; without the send-time check the overdue requests
+    went out on top of the credit the stall built up."""
+    clock = FakeClock()
+    per_minute, burst = 600.0, 0.5
+    timers: list[tuple[float, int, asyncio.Future]] = []  # a fake timer queue: (wake time, order, future)
 
     async def fake_sleep(seconds):
-        clock.now += seconds
+        future = asyncio.get_running_loop().create_future()
+        timers.append((clock.now + seconds, next(order), future))
+        await future
 
-    asyncio.sleep = fake_sleep
-    try:
-        asyncio.run(go())
-    finally:
-        asyncio.sleep = real_sleep
-    assert slept == pytest.approx([0.1, 0.2, 0.3])  # no burst, no waiting behind a probe
+    order = iter(range(10**9))
+    pacer = Pacer(rpm=per_minute, tpm=None, clock=clock, burst_s=burst, sleep=fake_sleep)
+    pacer.observe({"x-ratelimit-remaining-requests": "10"})
+    sent: list[float] = []
+
+    async def worker(n):
+        for _ in range(n):
+            await pacer.acquire(1)
+            sent.append(clock.now)
+
+    async def go():
+        tasks = [asyncio.create_task(worker(25)) for _ in range(8)]
+        stalled = False
+        while not all(t.done() for t in tasks):
+            await asyncio.sleep(0)  # the workers reserve and start waiting on their timers
+            if not timers:
+                continue
+            timers.sort(key=lambda x: (x[0], x[1]))
+            wake, _, future = timers.pop(0)
+            if not stalled and len(sent) >= 40:  # the process stops running for stall_s
+                stalled, wake = True, wake + stall_s
+                timers[:] = [(max(w, wake), o, f) for w, o, f in timers]
+            clock.now = max(clock.now, wake)
+            future.set_result(None)
+
+    asyncio.run(go())
+    assert len(sent) == 200
+    costs = [1.0] * len(sent)
+    assert max_in_window(sent, costs, 0.5) <= per_minute / 60 * (0.5 + burst) + 1
+    assert server_bucket_refusals(sent, costs, per_minute, capacity=per_minute / 60 * 1.0) == 0
+    assert sent[-1] - sent[0] <= 200 / (per_minute / 60) + stall_s + 1  # and it keeps the pace after the stall
