@@ -300,8 +300,8 @@ def counting_stores(counts: IOCounts) -> Iterator[IOCounts]:
     """While active, the engine's task store (``launch.open_task_store``) counts its bytes into ``counts``."""
     original = launch.open_task_store
 
-    def open_counting(options: Options, task: Task) -> Store:
-        store = original(options, task)
+    def open_counting(options: Options, task: Task, *args: Any, **kwargs: Any) -> Store:
+        store = original(options, task, *args, **kwargs)
         return Store(CountingBackend(store.backend, counts))
 
     launch.open_task_store = open_counting
