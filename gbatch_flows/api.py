@@ -9,7 +9,7 @@ from typing import Any
 import openai
 import orjson
 
-from gbatch_flows.models import ResultLine
+from gbatch_flows.models import ResultLine, trusted
 
 log = logging.getLogger(__name__)
 
@@ -129,13 +129,22 @@ def parse_result_line(raw: bytes) -> ResultLine | None:
         response = {}
     body = response.get("body")
     error = obj.get("error")
-    return ResultLine(
-        custom_id=obj["custom_id"],
-        status_code=response.get("status_code"),
-        body=body if isinstance(body, dict) else None,
-        error=error if isinstance(error, dict) else None,
-        request_id=response.get("request_id"),
-    )
+    values = {
+        "custom_id": obj["custom_id"],
+        "status_code": response.get("status_code"),
+        "body": body if isinstance(body, dict) else None,
+        "error": error if isinstance(error, dict) else None,
+        "request_id": response.get("request_id"),
+    }
+    # JSON objects have string keys, so only the two scalars need checking: when they already have their types (as
+    # in every well-formed line) validation would return the same values; otherwise it converts or refuses them
+    if type(values["status_code"]) in _INT_OR_NONE and type(values["request_id"]) in _STR_OR_NONE:
+        return trusted(ResultLine, values)
+    return ResultLine(**values)
+
+
+_INT_OR_NONE = (int, type(None))
+_STR_OR_NONE = (str, type(None))
 
 
 def classify_result(line: ResultLine | None) -> tuple[Outcome, str | None]:

@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gbatch_flows.models import Usage
+from gbatch_flows.models import Usage, trusted
 
 CHAT = "/v1/chat/completions"
 RESPONSES = "/v1/responses"
@@ -58,6 +58,11 @@ class Endpoint:
     contents: Callable[[Mapping[str, Any]], list[Any]]
 
 
+def _is_map(value: Any) -> bool:
+    """``isinstance(value, Mapping)``, without the ABC check for the usual case (a dict from a JSON parse)."""
+    return type(value) is dict or isinstance(value, Mapping)
+
+
 def canonical(endpoint: str) -> str:
     """``/chat/completions`` (Azure) and ``/v1/chat/completions`` -> ``/v1/chat/completions``."""
     path = endpoint.rstrip("/") or endpoint
@@ -71,6 +76,9 @@ def azure_path(endpoint: str) -> str:
 
 def spec(endpoint: str) -> Endpoint:
     """The :class:`Endpoint` of a path (either spelling); ValueError for an endpoint this project does not run."""
+    found = _BY_PATH.get(endpoint)
+    if found is not None:
+        return found
     found = _SPECS.get(canonical(endpoint))
     if found is None:
         raise ValueError(f"unsupported endpoint {endpoint!r}; supported: {', '.join(BATCH_ENDPOINTS)}")
@@ -84,14 +92,14 @@ def is_supported(endpoint: str) -> bool:
 def usage_of(endpoint: str, body: Mapping[str, Any] | None) -> Usage | None:
     """Tokens a response body reports, or None when an endpoint that reports usage sent none that is readable
     (the caller then charges the request's worst case: an unreadable usage must never count as 0 tokens)."""
-    if not isinstance(body, Mapping):
+    if not _is_map(body):
         return None
     return spec(endpoint).usage(body)
 
 
 def contents_of(endpoint: str, body: Mapping[str, Any] | None) -> list[Any]:
     """The result contents of a response body (see the module table); :class:`ContentsError` when there are none."""
-    if not isinstance(body, Mapping):
+    if not _is_map(body):
         raise ContentsError("the response has no body")
     return spec(endpoint).contents(body)
 
@@ -105,25 +113,25 @@ def user_text(body: Mapping[str, Any]) -> str:
         if isinstance(items, str):
             return items
     for item in items if isinstance(items, list) else []:
-        if isinstance(item, Mapping) and item.get("role") == "user":
+        if _is_map(item) and item.get("role") == "user":
             content = item.get("content")
             if isinstance(content, str):
                 return content
             if isinstance(content, list):
-                return "".join(str(p.get("text") or "") for p in content if isinstance(p, Mapping))
+                return "".join(str(p.get("text") or "") for p in content if _is_map(p))
     return ""
 
 
 def read_usage(usage: Mapping[str, Any]) -> Usage:
     """A ``usage`` object in either naming (chat/completions/embeddings or responses) as :class:`Usage`; raises
     ValueError for a value that is not a non-negative integer."""
-    if not isinstance(usage, Mapping):
+    if not _is_map(usage):
         raise TypeError(f"usage must be an object, got {type(usage).__name__}")
     responses = "input_tokens" in usage or "output_tokens" in usage
     prompt = _count(usage, "input_tokens" if responses else "prompt_tokens")
     completion = _count(usage, "output_tokens" if responses else "completion_tokens")
     details = usage.get("input_tokens_details" if responses else "prompt_tokens_details") or {}
-    if not isinstance(details, Mapping):
+    if not _is_map(details):
         raise TypeError(f"usage token details must be an object, got {type(details).__name__}")
     cached = min(_count(details, "cached_tokens"), prompt)
     return Usage(prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached)
@@ -141,16 +149,18 @@ def _count(mapping: Mapping[str, Any], key: str) -> int:
 def _usage_fields(prompt: str, completion: str | None, details: str) -> Callable[[Mapping[str, Any]], Usage | None]:
     def read(body: Mapping[str, Any]) -> Usage | None:
         usage = body.get("usage")
-        if not isinstance(usage, Mapping) or not isinstance(usage.get(prompt), int):
+        if not _is_map(usage) or not isinstance(usage.get(prompt), int):
             return None
         try:
             tokens = _count(usage, prompt)
             out = _count(usage, completion) if completion else 0
             info = usage.get(details) or {}
-            cached = _count(info, "cached_tokens") if isinstance(info, Mapping) else 0
+            cached = _count(info, "cached_tokens") if _is_map(info) else 0
         except ValueError:
             return None
-        return Usage(prompt_tokens=tokens, completion_tokens=out, cached_tokens=min(cached, tokens))
+        # checked non-negative ints above: no validation needed
+        return trusted(Usage, {"prompt_tokens": tokens, "completion_tokens": out,
+                               "cached_tokens": min(cached, tokens)})
 
     return read
 
@@ -163,7 +173,7 @@ def _choices(body: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     choices = body.get("choices")
     if not isinstance(choices, list) or not choices:
         raise ContentsError("the response has no choices")
-    items = [c for c in choices if isinstance(c, Mapping)]
+    items = [c for c in choices if _is_map(c)]
     return sorted(items, key=lambda c: c.get("index") if isinstance(c.get("index"), int) else 0)
 
 
@@ -187,11 +197,11 @@ def _response_contents(body: Mapping[str, Any]) -> list[Any]:
     texts: list[str] = []
     found = False
     for item in body.get("output") or []:
-        if not isinstance(item, Mapping) or item.get("type") != "message":
+        if not _is_map(item) or item.get("type") != "message":
             continue
         found = True
         for part in item.get("content") or []:
-            if not isinstance(part, Mapping):
+            if not _is_map(part):
                 continue
             if part.get("type") == "refusal":
                 raise ContentsError(f"the model refused: {part.get('refusal')}")
@@ -210,7 +220,7 @@ def _embedding_contents(body: Mapping[str, Any]) -> list[Any]:
     data = body.get("data")
     if not isinstance(data, list) or not data:
         raise ContentsError("the response has no embeddings")
-    items = [d for d in data if isinstance(d, Mapping) and "embedding" in d]
+    items = [d for d in data if _is_map(d) and "embedding" in d]
     if len(items) != len(data):
         raise ContentsError("an embeddings data item has no embedding")
     return [d["embedding"] for d in sorted(items, key=lambda d: d.get("index", 0))]
@@ -238,3 +248,5 @@ _SPECS: dict[str, Endpoint] = {
         Endpoint(MODERATIONS, False, True, None, (), None, _no_usage, _moderation_contents),
     )
 }
+#: Both spellings of every supported path (``spec`` looks them up before canonicalising).
+_BY_PATH: dict[str, Endpoint] = {**{azure_path(p): e for p, e in _SPECS.items()}, **_SPECS}

@@ -21,6 +21,10 @@ from gbatch_flows.store import BlobRef
 log = logging.getLogger("gbatch_flows.engine.assemble")
 
 SIDECAR_FIELDS = ("seq", "key", "endpoint", "meta", "retry", "part", "tokens", "max_out")
+#: The keys of a queued request line, in the order the engine writes them (``generate.request_dict``, and
+#: ``Request.model_dump`` for requeued requests).
+QUEUE_FIELDS = ("seq", "key", "endpoint", "payload", "meta", "retry", "part", "tokens", "max_out")
+_PAYLOAD_KEY = b',"payload":'
 
 
 @dataclass
@@ -28,6 +32,7 @@ class QueuedLine:
     segment: int
     line: int
     request: dict
+    raw: bytes = b""  # the queued line as stored (its payload bytes become the batch line's body)
 
 
 def iter_queue(engine: Engine, state: TaskState) -> Iterator[QueuedLine]:
@@ -41,7 +46,7 @@ def iter_queue(engine: Engine, state: TaskState) -> Iterator[QueuedLine]:
             continue
         for n, raw in enumerate(engine.store.iter_lines(BlobRef.model_validate(seg.ref))):
             if n >= skip and raw.strip():
-                yield QueuedLine(index, n, orjson.loads(raw))
+                yield QueuedLine(index, n, orjson.loads(raw), raw)
 
 
 @dataclass
@@ -99,6 +104,33 @@ def sidecar_line(request: dict) -> bytes:
     return orjson.dumps({k: request[k] for k in SIDECAR_FIELDS})
 
 
+def request_lines(item: QueuedLine, azure: bool = False) -> tuple[bytes, bytes]:
+    """The batch input line and the sidecar line of a queued request: ``batch_line`` and ``sidecar_line``, byte for
+    byte, without dumping the payload again when the queued line has the engine's own layout.
+
+    A queued line the engine wrote is ``orjson.dumps`` of the request with the keys of ``QUEUE_FIELDS`` in that
+    order: everything before the payload and everything after it is then exactly ``orjson.dumps`` of the other
+    fields (checked here), so what lies between is the payload as ``orjson.dumps`` wrote it (which is what
+    ``batch_line`` would write again). Any other layout takes the general way.
+    """
+    req = item.request
+    raw = item.raw
+    if raw and tuple(req) == QUEUE_FIELDS:
+        head = orjson.dumps({"seq": req["seq"], "key": req["key"], "endpoint": req["endpoint"]})[:-1]
+        tail = orjson.dumps({"meta": req["meta"], "retry": req["retry"], "part": req["part"],
+                             "tokens": req["tokens"], "max_out": req["max_out"]})[1:]
+        end = len(raw) - 1 if raw.endswith(b"\n") else len(raw)
+        start = len(head) + len(_PAYLOAD_KEY)
+        stop = end - len(tail)
+        if (raw.startswith(head) and raw.startswith(_PAYLOAD_KEY, len(head)) and raw.startswith(tail, stop)
+                and raw[stop - 1:stop] == b"," and stop - 1 > start):
+            custom_id = f"{req['seq']}-{req['part']}-{req['retry']}"
+            url = endpoints.azure_path(req["endpoint"]) if azure else req["endpoint"]
+            prefix = orjson.dumps({"custom_id": custom_id, "method": "POST", "url": url})[:-1]
+            return b"".join((prefix, b',"body":', raw[start:stop - 1], b"}")), b"".join((head, b",", tail))
+    return batch_line(req, azure), sidecar_line(req)
+
+
 def assemble(engine: Engine, mode: str = "batch", max_new: int | None = None) -> list[int]:
     """Assemble up to ``max_new`` batches (default: up to ``max_unpushed_batches`` waiting); returns their ids."""
     options = engine.options
@@ -118,6 +150,8 @@ def assemble(engine: Engine, mode: str = "batch", max_new: int | None = None) ->
     remaining = state.queued_requests()
     finish_direct = options.direct_finish_requests if state.task and state.task.generated else 0
     local_only = mode == "batch" and sends_nothing(options)
+    azure = engine.azure
+    prices: dict[tuple[str, str], costs.Prices] = {}
     while len(created) < budget:
         if mode == "batch" and remaining <= finish_direct:
             break  # the last few go through the direct API (choose_mode picks it next round)
@@ -132,8 +166,11 @@ def assemble(engine: Engine, mode: str = "batch", max_new: int | None = None) ->
             if packer.count and (model != packer.model or req["endpoint"] != packer.endpoint):
                 pending = item
                 break
-            line = batch_line(req, engine.azure)
-            cost = costs.worst_case_cost(req["tokens"], req["max_out"], engine.prices(model, req["endpoint"]), mode)
+            line, sidecar = request_lines(item, azure)
+            price = prices.get((model, req["endpoint"]))
+            if price is None:
+                price = prices[(model, req["endpoint"])] = engine.prices(model, req["endpoint"])
+            cost = costs.worst_case_cost(req["tokens"], req["max_out"], price, mode)
             if not packer.fits(req["tokens"], req["max_out"], cost, len(line) + 1):
                 if not packer.count:
                     _refuse_single(req, caps, cost, len(line), mode)
@@ -145,7 +182,7 @@ def assemble(engine: Engine, mode: str = "batch", max_new: int | None = None) ->
                 pending = item
                 break
             packer.model, packer.endpoint = model, req["endpoint"]
-            packer.add(line, sidecar_line(req), req["tokens"], req["max_out"], cost)
+            packer.add(line, sidecar, req["tokens"], req["max_out"], cost)
             last = item
         if not packer.count or last is None:
             break

@@ -17,16 +17,18 @@ import orjson
 
 from gbatch_flows import api, costs, endpoints
 from gbatch_flows.engine import limits
+from gbatch_flows.engine.assemble import SIDECAR_FIELDS
 from gbatch_flows.engine.context import Engine, EngineStop
 from gbatch_flows.engine.generate import request_dict, write_segment
 from gbatch_flows.engine.protocol import Processed, ResponseInvalid, Result
 from gbatch_flows.engine.state import TASK, TOTALS, Changes, segment_key, session_key
-from gbatch_flows.models import BatchRecord, Outcomes, Request, ResultLine, Spend, Usage
+from gbatch_flows.models import BatchRecord, LazyRequest, Outcomes, Request, ResultLine, Spend, Usage
 from gbatch_flows.status import CompletionStats
 from gbatch_flows.store import BlobRef
 
 log = logging.getLogger("gbatch_flows.engine.process")
 
+SIDECAR_KEYS = frozenset(SIDECAR_FIELDS)
 TOKEN_LIMIT_CODE = "token_limit_exceeded"
 TOKEN_LIMIT_MAX_WAIT_S = 600.0
 #: Remote statuses of batches the server did not finish (their requests are requeued; not a pass failure).
@@ -95,14 +97,26 @@ class BatchProcessor:
         self.force_retry = force_retry
         self.out = BatchOutcome(next_part=engine.state.require_task().next_part)
         self.unanswered: list[Request] = []  # direct calls whose answer never came (api.UNANSWERED_CODE)
+        self._inputs: list[bytes] | None = None
+
+    def payload(self, index: int) -> dict[str, Any]:
+        """The payload of the batch's ``index``-th request, from its input file (read on the first call: only a
+        retry, a follow-up or a failure record, or a task that looks at it, needs a payload)."""
+        if self._inputs is None:
+            inputs = self.engine.store.iter_lines(BlobRef.model_validate(self.batch.input_ref))
+            self._inputs = list(inputs)
+        return orjson.loads(self._inputs[index])["body"]
 
     def run(self, results: dict[str, ResultLine]) -> BatchOutcome:
         store = self.engine.store
         prompt = completion = cached = unreadable = 0
-        inputs = store.iter_lines(BlobRef.model_validate(self.batch.input_ref))
-        for side_raw, input_raw in zip(store.iter_lines(BlobRef.model_validate(self.batch.sidecar_ref)), inputs):
+        payload = self.payload
+        for index, side_raw in enumerate(store.iter_lines(BlobRef.model_validate(self.batch.sidecar_ref))):
             side = orjson.loads(side_raw)
-            request = Request(payload=orjson.loads(input_raw)["body"], **side)
+            if side.keys() == SIDECAR_KEYS:  # the engine's own sidecar line: its values are valid
+                request: Request = LazyRequest.lazy(side, lambda index=index: payload(index))
+            else:  # pragma: no cover - every sidecar line is written with these keys
+                request = Request(payload=payload(index), **side)
             line = results.get(request.custom_id)
             usage = None
             if line is not None and line.body is not None:
