@@ -149,6 +149,15 @@ def _count(mapping: Mapping[str, Any], key: str) -> int:
 def _usage_fields(prompt: str, completion: str | None, details: str) -> Callable[[Mapping[str, Any]], Usage | None]:
     def read(body: Mapping[str, Any]) -> Usage | None:
         usage = body.get("usage")
+        if type(usage) is dict:  # the usual case, checked flat: the same values as the general way below
+            tokens = usage.get(prompt)
+            out = usage.get(completion, 0) if completion else 0
+            info = usage.get(details)
+            cached = info.get("cached_tokens", 0) if type(info) is dict else 0 if info is None else None
+            if type(tokens) is int and tokens >= 0 and type(out) is int and out >= 0 and type(cached) is int \
+                    and cached >= 0:
+                return trusted(Usage, {"prompt_tokens": tokens, "completion_tokens": out,
+                                       "cached_tokens": min(cached, tokens)})
         if not _is_map(usage) or not isinstance(usage.get(prompt), int):
             return None
         try:
@@ -173,6 +182,8 @@ def _choices(body: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     choices = body.get("choices")
     if not isinstance(choices, list) or not choices:
         raise ContentsError("the response has no choices")
+    if len(choices) == 1 and type(choices[0]) is dict:  # one choice: filtering and sorting give the same list
+        return [choices[0]]
     items = [c for c in choices if _is_map(c)]
     return sorted(items, key=lambda c: c.get("index") if isinstance(c.get("index"), int) else 0)
 

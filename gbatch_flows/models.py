@@ -25,12 +25,20 @@ def trusted(cls: type[M], values: dict[str, Any]) -> M:
     order ``model_dump`` follows); the result equals ``cls(**values)`` (same fields set, same dump). It becomes the
     instance's ``__dict__``: the caller hands it over.
     """
-    obj = cls.__new__(cls)
+    obj = _new(cls)
     _setattr(obj, "__dict__", values)
-    _setattr(obj, "__pydantic_fields_set__", set(values))
-    _setattr(obj, "__pydantic_extra__", None)
-    _setattr(obj, "__pydantic_private__", None)
+    _set_fields_set(obj, set(values))
+    _set_extra(obj, None)
+    _set_private(obj, None)
     return obj
+
+
+# BaseModel's slots, set through their descriptors (faster than object.__setattr__ by name); models define no
+# __new__ of their own
+_new = object.__new__
+_set_fields_set = BaseModel.__dict__["__pydantic_fields_set__"].__set__
+_set_extra = BaseModel.__dict__["__pydantic_extra__"].__set__
+_set_private = BaseModel.__dict__["__pydantic_private__"].__set__
 
 
 class _Model(BaseModel):

@@ -23,6 +23,10 @@ _GROWTH = math.log(1.1)
 _RATIO_SCALE = 1000  # ratios are bucketed in thousandths
 
 
+_ADDED: dict[tuple[int, int], tuple[float, int, int]] = {}  # (completion, prompt) -> (ratio, token and ratio buckets)
+_ADDED_MAX = 65536
+
+
 def _bucket(value: float) -> int:
     return 0 if value <= 0 else math.ceil(math.log1p(value) / _GROWTH)
 
@@ -54,15 +58,24 @@ class CompletionStats:
     ratios: dict[int, int] = field(default_factory=dict)
 
     def add(self, completion: int, prompt: int) -> None:
-        ratio = completion / prompt if prompt > 0 else 0.0
+        key = (completion, prompt)
+        known = _ADDED.get(key)
+        if known is None:  # the same pairs recur: their ratio and buckets are computed once per process
+            ratio = completion / prompt if prompt > 0 else 0.0
+            known = (ratio, _bucket(completion), _bucket(ratio * _RATIO_SCALE))
+            if len(_ADDED) >= _ADDED_MAX:
+                _ADDED.clear()
+            _ADDED[key] = known
+        ratio, b, r = known
         self.count += 1
         self.total += completion
-        self.max_tokens = max(self.max_tokens, completion)
-        self.max_ratio = max(self.max_ratio, ratio)
-        b = _bucket(completion)
-        self.tokens[b] = self.tokens.get(b, 0) + 1
-        r = _bucket(ratio * _RATIO_SCALE)
-        self.ratios[r] = self.ratios.get(r, 0) + 1
+        if completion > self.max_tokens:
+            self.max_tokens = completion
+        if ratio > self.max_ratio:
+            self.max_ratio = ratio
+        tokens, ratios = self.tokens, self.ratios
+        tokens[b] = tokens.get(b, 0) + 1
+        ratios[r] = ratios.get(r, 0) + 1
 
     def merge(self, other: CompletionStats) -> None:
         self.count += other.count

@@ -18,7 +18,7 @@ from openai.lib._parsing._completions import type_to_response_format_param
 
 from gbatch_flows import endpoints
 from gbatch_flows.engine.protocol import Processed, ResponseInvalid, Result
-from gbatch_flows.models import DEFAULT_ENDPOINT, Request, RequestSpec
+from gbatch_flows.models import DEFAULT_ENDPOINT, Request, RequestSpec, trusted
 from gbatch_flows.opinions import OpinionAdviser
 
 __all__ = ["Processed", "RequestSpec", "ResponseInvalid", "Result", "Task", "records", "retry"]
@@ -133,7 +133,7 @@ class Task:
         if response_model is not None:
             payload["response_format"] = response_format_for(response_model)
         payload.update(extra)
-        return RequestSpec(key=key, payload=payload, endpoint=endpoint, meta=request_meta or {})
+        return _spec(key, payload, endpoint, request_meta)
 
     @staticmethod
     def responses_request(
@@ -171,7 +171,7 @@ class Task:
         if response_model is not None:
             payload["text"] = {"format": text_format_for(response_model)}
         payload.update(extra)
-        return RequestSpec(key=key, payload=payload, endpoint=endpoints.RESPONSES, meta=request_meta or {})
+        return _spec(key, payload, endpoints.RESPONSES, request_meta)
 
     @staticmethod
     def embedding_request(key: str, input: str | list[str], meta: dict[str, Any],
@@ -232,6 +232,17 @@ class Task:
     def adviser(meta: dict[str, Any]) -> OpinionAdviser:
         return OpinionAdviser(int(meta.get("opinions_min") or 1), int(meta.get("opinions_max") or 1),
                               float(meta.get("confidence") or 0.0))
+
+
+def _spec(key: Any, payload: dict[str, Any], endpoint: Any, request_meta: Any) -> RequestSpec:
+    """``RequestSpec(key=key, payload=payload, endpoint=endpoint, meta=request_meta or {})`` for a payload the helper
+    just built: without validation when the other values already have their types (validation would return the same
+    values: a shallow copy of each dict), else validated (it converts or refuses them)."""
+    if type(key) is str and type(endpoint) is str and (
+            not request_meta or (type(request_meta) is dict and all(type(k) is str for k in request_meta))):
+        return trusted(RequestSpec, {"key": key, "payload": payload, "endpoint": endpoint,
+                                     "meta": dict(request_meta) if request_meta else {}})
+    return RequestSpec(key=key, payload=payload, endpoint=endpoint, meta=request_meta or {})
 
 
 @functools.lru_cache(maxsize=128)

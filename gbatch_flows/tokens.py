@@ -27,6 +27,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from gbatch_flows.tokenizing.chat import Tally, chat_messages, responses_input, responses_instructions
 from gbatch_flows.tokenizing.counter import (
     DEFAULT_CACHE_CHARS,
@@ -74,6 +76,7 @@ class _ModelContext:
 
 _FAST_ROLES = ("system", "developer", "user", "assistant")
 _BREAKDOWN_CACHE_SIZE = 65536
+_FORMAT_CACHE_SIZE = 256
 
 
 class TokenEstimator:
@@ -102,7 +105,8 @@ class TokenEstimator:
         self._models: dict[str, _ModelContext] = {}
         self._warned: set[str] = set()
         self._lock = threading.Lock()
-        self._plain_breakdowns: dict[tuple[int, int], TokenBreakdown] = {}
+        self._plain_breakdowns: dict[tuple[int, int, int], TokenBreakdown] = {}
+        self._format_counts: dict[tuple[str, bytes], int] = {}
         self._handlers: dict[str, Callable[[dict[str, Any]], TokenBreakdown]] = {
             CHAT: self._chat,
             EMBEDDINGS: self._embeddings,
@@ -215,16 +219,18 @@ class TokenEstimator:
         for i, payload in enumerate(payloads):
             plain = plain_chat(payload) if plain_chat is not None else None
             if plain is not None:
-                append(plain[0] + plain[1])
+                append(plain[0] + plain[1] + plain[2])
             else:
                 append(self.estimate(endpoint, payload, custom_ids[i] if custom_ids is not None else None).total)
         return out
 
-    def _plain_chat(self, payload: Any) -> tuple[int, int] | None:
-        """``(text, overhead)`` of a plain chat payload, or None to take the general path.
+    def _plain_chat(self, payload: Any) -> tuple[int, int, int] | None:
+        """``(text, overhead, tools)`` of a plain chat payload, or None to take the general path.
 
-        The hot path of every limit check, so it is written flat. Plain means: a known model, no tools, functions
-        or response_format, and only ``{"role": <system|developer|user|assistant>, "content": <str>}`` messages.
+        The hot path of every limit check, so it is written flat. Plain means: a known model, no tools or
+        functions, a ``response_format`` (if any) of type text / json_object / json_schema whose schema text is
+        memoised per encoding (``_format_tokens``), and only ``{"role": <system|developer|user|assistant>,
+        "content": <str>}`` messages.
         Its counts equal the general path's (the tests compare them). Cache policy: the contents of all but the last
         message are cached (system prompts and few-shot examples repeat across requests); the last one is counted
         directly, as it is usually unique to its request.
@@ -235,10 +241,17 @@ class TokenEstimator:
             ctx = self._models.get(payload.get("model"))  # type: ignore[arg-type]
         except TypeError:  # unhashable model value: the general path reports it
             return None
-        if ctx is None or (
-            len(payload) > 2 and ("tools" in payload or "functions" in payload or "response_format" in payload)
-        ):
+        if ctx is None:
             return None
+        tools = 0
+        if len(payload) > 2:
+            if "tools" in payload or "functions" in payload:
+                return None
+            response_format = payload.get("response_format")
+            if response_format is not None:
+                tools = self._format_tokens(response_format, ctx)
+                if tools is None:
+                    return None
         messages = payload.get("messages")
         if type(messages) is not list or not messages:
             return None
@@ -261,13 +274,40 @@ class TokenEstimator:
             else:
                 n = young.get(content)
                 text += counter.count_missed(content) if n is None else n
-        return text, overhead
+        return text, overhead, tools
 
-    def _plain_breakdown(self, plain: tuple[int, int]) -> TokenBreakdown:
-        # Breakdowns are immutable values: share one object per distinct (text, overhead) pair.
+    def _format_tokens(self, response_format: Any, ctx: _ModelContext) -> int | None:
+        """Tokens of a chat ``response_format`` (``response_format_tokens``), or None to take the general path (which
+        reports what is wrong with it). A json_schema's count is memoised per encoding and schema (keyed by its
+        ``orjson.dumps``): every request of a task usually carries the same schema."""
+        if type(response_format) is not dict:
+            return None
+        kind = response_format.get("type")
+        if kind == "text" or kind == "json_object":
+            return 0
+        schema = response_format.get("json_schema")
+        if kind != "json_schema" or type(schema) is not dict:
+            return None
+        try:
+            key = (ctx.rules.encoding, orjson.dumps(schema))
+        except TypeError:
+            return None
+        tokens = self._format_counts.get(key)
+        if tokens is None:
+            try:
+                tokens = response_format_tokens(response_format, ctx.count)
+            except EstimateError:
+                return None
+            if len(self._format_counts) >= _FORMAT_CACHE_SIZE:
+                self._format_counts = {}
+            self._format_counts[key] = tokens
+        return tokens
+
+    def _plain_breakdown(self, plain: tuple[int, int, int]) -> TokenBreakdown:
+        # Breakdowns are immutable values: share one object per distinct (text, overhead, tools) triple.
         if len(self._plain_breakdowns) >= _BREAKDOWN_CACHE_SIZE:
             self._plain_breakdowns = {}
-        breakdown = TokenBreakdown.of(text=plain[0], overhead=plain[1])
+        breakdown = TokenBreakdown.of(text=plain[0], overhead=plain[1], tools=plain[2])
         self._plain_breakdowns[plain] = breakdown
         return breakdown
 

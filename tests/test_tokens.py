@@ -242,6 +242,45 @@ def test_fast_path_equals_general_path(est: TokenEstimator, messages: list[dict[
     assert general.total == expected
 
 
+formats = st.one_of(
+    st.none(),
+    st.sampled_from([{"type": "text"}, {"type": "json_object"}]),
+    st.builds(
+        lambda name, props, strict: {"type": "json_schema", "json_schema": {
+            "name": name, "strict": strict,
+            "schema": {"type": "object", "properties": {k: {"type": "string", "description": d} for k, d in props},
+                       "required": [k for k, _ in props], "additionalProperties": False}}},
+        st.text(min_size=1, max_size=12), st.lists(st.tuples(st.text(max_size=8), texts), max_size=4), st.booleans(),
+    ),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(messages=messages_strategy, model=st.sampled_from(["gpt-4o", "gpt-4", "o3-mini"]), response_format=formats)
+def test_fast_path_with_response_format_equals_general_path(
+    est: TokenEstimator, messages: list[dict[str, str]], model: str, response_format: dict[str, Any] | None
+) -> None:
+    payload = {"model": model, "messages": messages, "temperature": 0.2, "response_format": response_format}
+    est.count_text("warm", model)  # make the model known, so the fast path can run
+    for _ in range(2):  # the second time the schema's count comes from the memo
+        fast = est.estimate(CHAT, payload)
+        general = est.estimate(CHAT, {**payload, "tools": []})  # "tools" forces the general path; adds nothing
+        assert fast == general
+        assert est.totals(CHAT, [payload]) == [general.total]
+    assert fast.tools == (est.estimate(CHAT, {"model": model, "messages": messages, "response_format": response_format,
+                                              "functions": []}).tools)
+
+
+def test_fast_path_leaves_bad_response_formats_to_the_general_path(est: TokenEstimator) -> None:
+    base = {"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]}
+    est.count_text("warm", "gpt-4o")
+    for bad, field in (({"type": "json_schema", "json_schema": "x"}, "response_format.json_schema"),
+                       ({"type": "yaml"}, "response_format.type"), ("json", "response_format")):
+        with pytest.raises(EstimateError) as info:
+            est.estimate(CHAT, {**base, "response_format": bad}, custom_id="req-7")
+        assert info.value.field == field and info.value.custom_id == "req-7"
+
+
 def test_estimate_many_and_totals_match_estimate(est: TokenEstimator) -> None:
     payloads = [
         {"model": "gpt-4o", "messages": [{"role": "user", "content": f"question {i} ✓"}]} for i in range(20)

@@ -1,0 +1,105 @@
+"""Fast paths of the batch pipeline (issue 19) against the general ways they shortcut."""
+
+from __future__ import annotations
+
+import math
+from types import MappingProxyType
+from typing import Any
+
+import pydantic
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gbatch_flows import endpoints
+from gbatch_flows.models import RequestSpec, ResultLine, Usage, trusted
+from gbatch_flows.status import CompletionStats, _bucket
+from gbatch_flows.task import Task
+
+counts = st.one_of(st.integers(-3, 10**7), st.none(), st.booleans(), st.floats(0, 10), st.just("12"))
+details = st.one_of(st.none(), st.just({}), st.just([]), st.just("x"), st.just(0),
+                    st.fixed_dictionaries({}, optional={"cached_tokens": counts}))
+ints = st.integers(0, 10**6)
+valid_usages = st.builds(lambda p, c, d, cached: {"prompt_tokens": p, "completion_tokens": c, "input_tokens": p,
+                                                   "output_tokens": c, d: {"cached_tokens": cached}},
+                         ints, ints, st.sampled_from(["prompt_tokens_details", "input_tokens_details"]), ints)
+usages = st.one_of(st.none(), st.just("usage"), valid_usages,
+                   st.fixed_dictionaries({}, optional={"prompt_tokens": counts, "completion_tokens": counts,
+                                                       "input_tokens": counts, "output_tokens": counts,
+                                                       "prompt_tokens_details": details,
+                                                       "input_tokens_details": details}))
+
+
+@settings(max_examples=400, deadline=None)
+@given(usage=usages)
+def test_usage_readers_fast_way_equals_the_general_way(usage: Any) -> None:
+    for endpoint in endpoints.BATCH_ENDPOINTS:
+        fast = endpoints.usage_of(endpoint, {"usage": usage})
+        # a read-only mapping is not a dict: the reader takes the general way
+        general = endpoints.usage_of(endpoint, {"usage": MappingProxyType(usage) if isinstance(usage, dict) else usage})
+        assert fast == general
+        if fast is not None:
+            assert type(fast.prompt_tokens) is int and fast.model_fields_set == general.model_fields_set
+
+
+def test_single_choice_contents_equal_the_general_way() -> None:
+    body = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}}]}
+    assert endpoints.contents_of(endpoints.CHAT, body) == ["hi"]
+    assert endpoints.contents_of(endpoints.CHAT, {"choices": [MappingProxyType(body["choices"][0])]}) == ["hi"]
+    with pytest.raises(endpoints.ContentsError, match="refused"):
+        endpoints.contents_of(endpoints.CHAT, {"choices": [{"message": {"refusal": "no"}}]})
+    assert endpoints.contents_of(endpoints.CHAT, {"choices": [{"message": None}]}) == [""]
+
+
+class _Out(pydantic.BaseModel):
+    a: int
+
+
+@pytest.mark.parametrize("meta", [{"chat_endpoint": "/v1/chat/completions"}, {"chat_endpoint": "/v1/responses"}])
+@pytest.mark.parametrize("request_meta", [None, {}, {"i": 3, "tags": ["x"]}])
+def test_request_helpers_build_the_same_spec_as_validation(meta: dict[str, Any], request_meta: Any) -> None:
+    meta = {**Task.default_meta, **meta, "temperature": 0.3, "max_completion_tokens": 20}
+    spec = Task.chat_request("k1", [{"role": "user", "content": "x"}], meta, response_model=_Out,
+                             request_meta=request_meta, seed=1)
+    validated = RequestSpec(key=spec.key, payload=spec.payload, endpoint=spec.endpoint, meta=request_meta or {})
+    assert spec == validated
+    assert spec.model_dump() == validated.model_dump()
+    assert spec.model_dump_json() == validated.model_dump_json()
+    assert spec.model_fields_set == validated.model_fields_set
+    if request_meta:
+        assert spec.meta is not request_meta  # copied, as validation copies it
+
+
+@pytest.mark.parametrize(("key", "request_meta"), [(1, None), ("k", {1: "x"}), ("k", ["x"])])
+def test_request_helpers_still_refuse_invalid_values(key: Any, request_meta: Any) -> None:
+    with pytest.raises(pydantic.ValidationError):
+        Task.chat_request(key, [{"role": "user", "content": "x"}], Task.default_meta, request_meta=request_meta)
+
+
+def test_trusted_models_equal_validated_ones() -> None:
+    values = {"custom_id": "1-0-0", "status_code": 200, "body": {"a": 1}, "error": None, "request_id": "r"}
+    line = trusted(ResultLine, dict(values))
+    assert line == ResultLine(**values) and line.model_dump() == values
+    assert line.model_fields_set == ResultLine(**values).model_fields_set
+    assert trusted(Usage, {"prompt_tokens": 1, "completion_tokens": 2, "cached_tokens": 0}) == \
+        Usage(prompt_tokens=1, completion_tokens=2)
+
+
+@settings(max_examples=100, deadline=None)
+@given(pairs=st.lists(st.tuples(st.integers(0, 5000), st.integers(0, 5000)), max_size=40))
+def test_completion_stats_memo_equals_the_computation(pairs: list[tuple[int, int]]) -> None:
+    stats = CompletionStats()
+    for completion, prompt in pairs + pairs:  # the second time from the memo
+        stats.add(completion, prompt)
+    ratios = [c / p if p > 0 else 0.0 for c, p in pairs + pairs]
+    assert stats.count == 2 * len(pairs)
+    assert stats.total == 2 * sum(c for c, _ in pairs)
+    assert stats.max_tokens == max([0] + [c for c, _ in pairs])
+    assert stats.max_ratio == max([0.0, *ratios])
+    tokens: dict[int, int] = {}
+    by_ratio: dict[int, int] = {}
+    for (completion, _), ratio in zip(pairs + pairs, ratios, strict=True):
+        tokens[_bucket(completion)] = tokens.get(_bucket(completion), 0) + 1
+        by_ratio[_bucket(ratio * 1000)] = by_ratio.get(_bucket(ratio * 1000), 0) + 1
+    assert stats.tokens == tokens and stats.ratios == by_ratio
+    assert not any(math.isnan(r) for r in ratios)
