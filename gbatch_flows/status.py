@@ -163,7 +163,7 @@ def remaining(engine: Engine, observed: CompletionStats | None = None) -> Remain
     out = Remaining()
     for item in iter_queue(engine, state):
         req = item.request
-        prices = engine.prices(req["payload"].get("model", ""))
+        prices = engine.prices(item.model)
         expected_out = req["max_out"] if mean is None else min(req["max_out"], round(mean))
         out.requests += 1
         out.prompt_tokens += req["tokens"]

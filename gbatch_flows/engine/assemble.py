@@ -31,8 +31,76 @@ _PAYLOAD_KEY = b',"payload":'
 class QueuedLine:
     segment: int
     line: int
-    request: dict
+    request: dict  # the queued request; without "payload" when ``parts`` is set (see ``split_line``)
     raw: bytes = b""  # the queued line as stored (its payload bytes become the batch line's body)
+    model: str = ""  # the payload's "model" ("" without one)
+    parts: tuple[bytes, bytes, bytes] | None = None  # (before the payload, the payload, after it): see split_line
+
+
+_HEAD_FIELDS = QUEUE_FIELDS[:3]
+_TAIL_FIELDS = QUEUE_FIELDS[4:]
+_META_KEY = b',"meta":'
+_MODEL_PREFIX = b'{"model":"'
+
+
+def split_line(raw: bytes) -> tuple[dict, bytes, bytes, bytes] | None:
+    """A queued line in the engine's own layout, read without parsing its payload: ``(request without payload,
+    bytes before the payload's key, payload bytes, bytes after the payload's comma)``; None for any other layout.
+
+    The engine writes a queued line as ``orjson.dumps`` of the request with the keys of ``QUEUE_FIELDS`` in that
+    order. The first ``,"payload":`` of such a line is the top-level key (``"`` inside a JSON string is escaped,
+    and seq, key and endpoint hold no objects); from a ``,"meta":`` on, the rest of the line parses as an object
+    only when that key is at the top level (anywhere deeper its closing braces would not balance), and the
+    top-level one is the last that does (later ones lie inside its value). Both
+    sides must parse with exactly their fields and be exactly ``orjson.dumps`` of what they hold, so the bytes
+    between are the payload as ``orjson.dumps`` wrote it (the blob's sha256 is checked as it is read).
+    """
+    end = len(raw) - 1 if raw.endswith(b"\n") else len(raw)
+    i = raw.find(_PAYLOAD_KEY, 0, end)
+    if i <= 0:
+        return None
+    head_raw = raw[:i] + b"}"
+    try:
+        head = orjson.loads(head_raw)
+    except orjson.JSONDecodeError:
+        return None
+    if type(head) is not dict or tuple(head) != _HEAD_FIELDS or orjson.dumps(head) != head_raw:
+        return None
+    j = end
+    while True:  # the last "meta" key that parses to the end is the top-level one (deeper ones are in meta)
+        j = raw.rfind(_META_KEY, i + len(_PAYLOAD_KEY), j)
+        if j < 0:
+            return None
+        tail_raw = b"{" + raw[j + 1:end]
+        try:
+            tail = orjson.loads(tail_raw)
+        except orjson.JSONDecodeError:
+            continue
+        break
+    if type(tail) is not dict or tuple(tail) != _TAIL_FIELDS or orjson.dumps(tail) != tail_raw:
+        return None
+    head.update(tail)
+    return head, head_raw[:-1], raw[i + len(_PAYLOAD_KEY):j], tail_raw[1:]
+
+
+def payload_model(payload: bytes) -> str:
+    """The "model" of a payload as ``orjson.dumps`` wrote it ("" without one): read from its first key when that is
+    a plain string (an ``orjson.dumps`` object has no duplicate keys), else parsed."""
+    if payload.startswith(_MODEL_PREFIX):
+        stop = payload.find(b'"', len(_MODEL_PREFIX))
+        name = payload[len(_MODEL_PREFIX):stop]
+        if stop > 0 and b"\\" not in name:
+            return name.decode()
+    return orjson.loads(payload).get("model", "")
+
+
+def queued_line(segment: int, line: int, raw: bytes) -> QueuedLine:
+    split = split_line(raw)
+    if split is None:
+        request = orjson.loads(raw)
+        return QueuedLine(segment, line, request, raw, request["payload"].get("model", ""))
+    request, head, payload, tail = split
+    return QueuedLine(segment, line, request, raw, payload_model(payload), (head, payload, tail))
 
 
 def iter_queue(engine: Engine, state: TaskState) -> Iterator[QueuedLine]:
@@ -46,7 +114,7 @@ def iter_queue(engine: Engine, state: TaskState) -> Iterator[QueuedLine]:
             continue
         for n, raw in enumerate(engine.store.iter_lines(BlobRef.model_validate(seg.ref))):
             if n >= skip and raw.strip():
-                yield QueuedLine(index, n, orjson.loads(raw), raw)
+                yield queued_line(index, n, raw)
 
 
 @dataclass
@@ -106,28 +174,15 @@ def sidecar_line(request: dict) -> bytes:
 
 def request_lines(item: QueuedLine, azure: bool = False) -> tuple[bytes, bytes]:
     """The batch input line and the sidecar line of a queued request: ``batch_line`` and ``sidecar_line``, byte for
-    byte, without dumping the payload again when the queued line has the engine's own layout.
-
-    A queued line the engine wrote is ``orjson.dumps`` of the request with the keys of ``QUEUE_FIELDS`` in that
-    order: everything before the payload and everything after it is then exactly ``orjson.dumps`` of the other
-    fields (checked here), so what lies between is the payload as ``orjson.dumps`` wrote it (which is what
-    ``batch_line`` would write again). Any other layout takes the general way.
-    """
+    byte, from the queued line's own bytes when it has the engine's layout (``split_line``: its payload is neither
+    parsed nor dumped again), else built from the parsed request."""
     req = item.request
-    raw = item.raw
-    if raw and tuple(req) == QUEUE_FIELDS:
-        head = orjson.dumps({"seq": req["seq"], "key": req["key"], "endpoint": req["endpoint"]})[:-1]
-        tail = orjson.dumps({"meta": req["meta"], "retry": req["retry"], "part": req["part"],
-                             "tokens": req["tokens"], "max_out": req["max_out"]})[1:]
-        end = len(raw) - 1 if raw.endswith(b"\n") else len(raw)
-        start = len(head) + len(_PAYLOAD_KEY)
-        stop = end - len(tail)
-        if (raw.startswith(head) and raw.startswith(_PAYLOAD_KEY, len(head)) and raw.startswith(tail, stop)
-                and raw[stop - 1:stop] == b"," and stop - 1 > start):
-            custom_id = f"{req['seq']}-{req['part']}-{req['retry']}"
-            url = endpoints.azure_path(req["endpoint"]) if azure else req["endpoint"]
-            prefix = orjson.dumps({"custom_id": custom_id, "method": "POST", "url": url})[:-1]
-            return b"".join((prefix, b',"body":', raw[start:stop - 1], b"}")), b"".join((head, b",", tail))
+    if item.parts is not None:
+        head, payload, tail = item.parts
+        custom_id = f"{req['seq']}-{req['part']}-{req['retry']}"
+        url = endpoints.azure_path(req["endpoint"]) if azure else req["endpoint"]
+        prefix = orjson.dumps({"custom_id": custom_id, "method": "POST", "url": url})[:-1]
+        return b"".join((prefix, b',"body":', payload, b"}")), b"".join((head, b",", tail))
     return batch_line(req, azure), sidecar_line(req)
 
 
@@ -162,7 +217,7 @@ def assemble(engine: Engine, mode: str = "batch", max_new: int | None = None) ->
         for item in itertools.chain([pending] if pending else [], queue):  # (a generator would close `queue`)
             pending = None
             req = item.request
-            model = req["payload"].get("model", "")
+            model = item.model
             if packer.count and (model != packer.model or req["endpoint"] != packer.endpoint):
                 pending = item
                 break

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from types import MappingProxyType
 from typing import Any
@@ -103,3 +104,48 @@ def test_completion_stats_memo_equals_the_computation(pairs: list[tuple[int, int
         by_ratio[_bucket(ratio * 1000)] = by_ratio.get(_bucket(ratio * 1000), 0) + 1
     assert stats.tokens == tokens and stats.ratios == by_ratio
     assert not any(math.isnan(r) for r in ratios)
+
+
+# -- assemble: queued lines read without parsing their payloads -------------------------------------------------------
+
+json_text = st.text(max_size=12) | st.sampled_from(['"', "\\", ',"meta":', ',"payload":', '{"model":"x"}', "é😀"])
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 10**12) | json_text,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(json_text | st.sampled_from(["meta", "payload",
+                                                                                             "model"]),
+                                                                inner, max_size=3),
+    max_leaves=8,
+)
+payloads = st.builds(
+    lambda first, model, rest: ({"model": model, **rest} if first else {**rest, "model": model}) if model is not None
+    else rest,
+    st.booleans(), st.none() | json_text | st.integers(0, 3), st.dictionaries(json_text, json_values, max_size=3),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(key=json_text, payload=payloads, meta=st.dictionaries(json_text | st.just("meta"), json_values, max_size=3),
+       numbers=st.tuples(st.integers(0, 10**9), st.integers(0, 9), st.integers(0, 9), st.integers(0, 10**6),
+                         st.integers(0, 10**6)),
+       azure=st.booleans(), newline=st.booleans())
+def test_queued_lines_give_the_batch_and_sidecar_lines_of_the_parsed_request(
+    key: str, payload: dict[str, Any], meta: dict[str, Any], numbers: tuple[int, ...], azure: bool, newline: bool
+) -> None:
+    import orjson
+
+    from gbatch_flows.engine.assemble import batch_line, queued_line, request_lines, sidecar_line
+
+    seq, retry, part, tokens, max_out = numbers
+    request = {"seq": seq, "key": key, "endpoint": "/v1/chat/completions", "payload": payload, "meta": meta,
+               "retry": retry, "part": part, "tokens": tokens, "max_out": max_out}
+    raw = orjson.dumps(request) + (b"\n" if newline else b"")
+    item = queued_line(0, 0, raw)
+    assert item.parts is not None  # the engine's layout: the payload is not parsed
+    assert request_lines(item, azure) == (batch_line(request, azure), sidecar_line(request))
+    assert item.model == payload.get("model", "")
+    assert item.request == {k: v for k, v in request.items() if k != "payload"}
+    # any other layout is parsed: the same lines
+    other = json.dumps(request).encode()
+    item = queued_line(0, 0, other)
+    assert item.parts is None and item.model == payload.get("model", "")
+    assert request_lines(item, azure) == (batch_line(request, azure), sidecar_line(request))
