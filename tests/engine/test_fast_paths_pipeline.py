@@ -2,10 +2,10 @@
 
 The same task runs twice against identically configured emulators (deterministic answers, seeded faults): once as
 is, once with the fast paths switched off (sidecar lines rebuilt as validated ``Request``s with their payloads,
-pydantic models validated instead of built from trusted values, response_format estimates taken the general way).
-Every stored file the runs wrote (request segments, batch and sidecar files, output parts, failures; not the results,
-which hold the server's ids and times) and
-every batch's outcomes, usage, cost and completion statistics must be equal.
+pydantic models validated instead of built from trusted values, response_format estimates taken the general way,
+queued and output part lines parsed whole). Every stored file the runs wrote (request segments, batch and sidecar
+files, output parts, failures, the output file; not the results, which hold the server's ids and times) and every
+batch's outcomes, usage, cost and completion statistics must be equal.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from pydantic import BaseModel
 from gbatch_flows import api, endpoints, task as task_module
 from gbatch_flows.emulator import EmulatorConfig, run_emulator
 from gbatch_flows.engine import process as process_module
-from gbatch_flows.engine.output import records
+from gbatch_flows.engine import assemble as assemble_module
+from gbatch_flows.engine import output as output_module
+from gbatch_flows.engine.output import records, write_output
 from gbatch_flows.engine.protocol import Processed, Result
 from gbatch_flows.engine.runner import run_engine
 from gbatch_flows.store import BlobRef
@@ -69,6 +71,8 @@ def _run(tmp_path, fast: bool, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any
             for module in (api, endpoints, task_module):
                 patch.setattr(module, "trusted", _validated)
             patch.setattr(TokenEstimator, "_format_tokens", lambda self, response_format, ctx: None)
+            patch.setattr(output_module, "split_part_line", lambda raw: None)
+            patch.setattr(assemble_module, "split_line", lambda raw: None)  # records parsed and dumped again
         rule = {"op": "batches.create", "nth": 1, "fault": "lines_malformed", "at": 0.5, "fraction": 0.2}
         with run_emulator(EmulatorConfig(batch_duration=0.05, faults={"seed": 5, "script": [rule]})) as emu:
             options = make_options(tmp_path / ("fast" if fast else "validated"), max_batch_requests=100, max_remote_batches=1,
@@ -88,6 +92,8 @@ def _run(tmp_path, fast: bool, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any
                     files[f"segment:{index}"] = b"\n".join(store.iter_lines(BlobRef.model_validate(seg.ref)))
                 batches = {b.local_id: (b.requests, b.tokens, b.max_out, b.worst_cost, b.outcomes, b.usage, b.cost,
                                         b.completion) for b in state.batches.values()}
+                ref, _ = write_output(store, state, "schema_echo_output.jsonl")
+                files["output file"] = b"\n".join(store.iter_lines(ref))
                 return {"files": files, "batches": batches, "records": list(records(store, state)),
                         "totals": state.totals}
 
