@@ -23,49 +23,11 @@ def output_parts(state: TaskState) -> list[BlobRef]:
             for ref in (b.output_ref, b.failure_output_ref) if ref is not None]
 
 
-_RECORD_KEY = b',"record":'
-_HEAD_FIELDS = ("seq", "key", "part")
-
-
-def split_part_line(raw: bytes) -> tuple[int, int, bytes] | None:
-    """``(seq, part, record bytes)`` of an output part line in the engine's layout (``orjson.dumps`` of
-    ``{"seq", "key", "part", "record"}``, see ``process``) without parsing the record; None for any other layout.
-
-    The first ``,"record":`` of such a line is its top-level key (seq, key and part hold no objects, and ``"`` inside
-    a string is escaped); the line's start must parse to exactly those three fields and be ``orjson.dumps`` of
-    them. The record's bytes are then what ``orjson.dumps`` wrote for it: what dumping its parse would give again.
-    """
-    end = len(raw) - 1 if raw.endswith(b"\n") else len(raw)
-    i = raw.find(_RECORD_KEY, 0, end)
-    if i <= 0 or raw[end - 1:end] != b"}":
-        return None
-    head_raw = raw[:i] + b"}"
-    try:
-        head = orjson.loads(head_raw)
-    except orjson.JSONDecodeError:
-        return None
-    if type(head) is not dict or tuple(head) != _HEAD_FIELDS or orjson.dumps(head) != head_raw:
-        return None
-    return head["seq"], head["part"], raw[i + len(_RECORD_KEY):end - 1]
-
-
 def _keyed(store: Store, ref: BlobRef) -> Iterator[tuple[int, int, bytes]]:
     for raw in store.iter_lines(ref):
         if raw.strip():
-            split = split_part_line(raw)
-            if split is not None:
-                yield split[0], split[1], raw
-            else:
-                obj = orjson.loads(raw)
-                yield obj["seq"], obj["part"], raw
-
-
-def record_line(raw: bytes) -> bytes:
-    """The output file's line (``orjson.dumps`` of the record) of an output part line."""
-    split = split_part_line(raw)
-    if split is not None:
-        return split[2] + b"\n"
-    return orjson.dumps(orjson.loads(raw)["record"]) + b"\n"
+            obj = orjson.loads(raw)
+            yield obj["seq"], obj["part"], raw
 
 
 def merged_lines(store: Store, refs: list[BlobRef], tmp_prefix: str = "tmp/merge") -> Iterator[bytes]:
@@ -96,7 +58,7 @@ def write_output(store: Store, state: TaskState, path: str) -> tuple[BlobRef, in
         nonlocal count
         for raw in merged_lines(store, output_parts(state)):
             count += 1
-            yield record_line(raw)
+            yield orjson.dumps(orjson.loads(raw)["record"]) + b"\n"
 
     ref = store.put_blob(path, lines())
     for tmp in store.list("tmp/merge"):

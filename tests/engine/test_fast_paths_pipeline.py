@@ -3,7 +3,7 @@
 The same task runs twice against identically configured emulators (deterministic answers, seeded faults): once as
 is, once with the fast paths switched off (sidecar lines rebuilt as validated ``Request``s with their payloads,
 pydantic models validated instead of built from trusted values, response_format estimates taken the general way,
-queued and output part lines parsed whole). Every stored file the runs wrote (request segments, batch and sidecar
+queued lines parsed whole). Every stored file the runs wrote (request segments, batch and sidecar
 files, output parts, failures, the output file; not the results, which hold the server's ids and times) and every
 batch's outcomes, usage, cost and completion statistics must be equal.
 """
@@ -19,7 +19,6 @@ from gbatch_flows import api, endpoints, task as task_module
 from gbatch_flows.emulator import EmulatorConfig, run_emulator
 from gbatch_flows.engine import process as process_module
 from gbatch_flows.engine import assemble as assemble_module
-from gbatch_flows.engine import output as output_module
 from gbatch_flows.engine.output import records, write_output
 from gbatch_flows.engine.protocol import Processed, Result
 from gbatch_flows.engine.runner import run_engine

@@ -150,26 +150,3 @@ def test_queued_lines_give_the_batch_and_sidecar_lines_of_the_parsed_request(
     assert item.parts is None and item.model == payload.get("model", "")
     assert request_lines(item, azure) == (batch_line(request, azure), sidecar_line(request))
 
-
-# -- output: part lines merged without parsing their records -------------------------------------------------------
-
-records_strategy = st.dictionaries(json_text, json_values | st.floats(allow_nan=False, allow_infinity=False),
-                                   max_size=4)
-
-
-@settings(max_examples=300, deadline=None)
-@given(key=json_text, record=records_strategy, seq=st.integers(0, 10**9), part=st.integers(0, 99),
-       newline=st.booleans())
-def test_part_lines_give_the_record_line_of_the_parsed_record(key: str, record: dict[str, Any], seq: int, part: int,
-                                                             newline: bool) -> None:
-    import orjson
-
-    from gbatch_flows.engine.output import record_line, split_part_line
-
-    raw = orjson.dumps({"seq": seq, "key": key, "part": part, "record": record}) + (b"\n" if newline else b"")
-    split = split_part_line(raw)
-    assert split is not None and split[:2] == (seq, part)
-    assert record_line(raw) == orjson.dumps(orjson.loads(raw)["record"]) + b"\n"
-    other = json.dumps({"seq": seq, "key": key, "part": part, "record": record}).encode()  # another writer
-    assert split_part_line(other) is None
-    assert record_line(other) == orjson.dumps(orjson.loads(other)["record"]) + b"\n"
