@@ -70,7 +70,7 @@ def _run(tmp_path, fast: bool, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any
             for module in (api, endpoints, task_module):
                 patch.setattr(module, "trusted", _validated)
             patch.setattr(TokenEstimator, "_format_tokens", lambda self, response_format, ctx: None)
-            patch.setattr(assemble_module, "split_line", lambda raw: None)  # records parsed and dumped again
+            patch.setattr(assemble_module, "split_line", lambda raw: None)  # queued lines parsed whole
         rule = {"op": "batches.create", "nth": 1, "fault": "lines_malformed", "at": 0.5, "fraction": 0.2}
         with run_emulator(EmulatorConfig(batch_duration=0.05, faults={"seed": 5, "script": [rule]})) as emu:
             options = make_options(tmp_path / ("fast" if fast else "validated"), max_batch_requests=100, max_remote_batches=1,
