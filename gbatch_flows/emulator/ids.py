@@ -10,8 +10,8 @@ _ALPHABET = string.ascii_letters + string.digits
 
 
 def random_id(prefix: str, length: int = 24) -> str:
-    """`prefix` + `length` random letters/digits, e.g. "file-Ab3..."."""
-    return prefix + "".join(secrets.choice(_ALPHABET) for _ in range(length))
+    """`prefix` + `length` random letters/digits, e.g. "file-Ab3..." (one urandom read: an id per chat call)."""
+    return prefix + "".join(_ALPHABET[b % 62] for b in secrets.token_bytes(length))
 
 
 def derived_id(prefix: str, *parts: object, length: int = 24) -> str:

@@ -76,7 +76,14 @@ async def _model_call(request: Request, endpoint: str) -> JSONResponse:
     except ApiError as exc:
         exc.headers = {**headers, **exc.headers}
         raise
-    return JSONResponse(result, headers=headers)
+    return FastJSONResponse(result, headers=headers)
+
+
+class FastJSONResponse(JSONResponse):
+    """A JSON answer rendered by orjson (the same compact UTF-8 JSON as JSONResponse, in a fraction of the time)."""
+
+    def render(self, content: Any) -> bytes:
+        return jsonutil.dumps(content)
 
 
 @v1.post("/chat/completions")

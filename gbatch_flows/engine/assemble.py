@@ -186,14 +186,25 @@ def request_lines(item: QueuedLine, azure: bool = False) -> tuple[bytes, bytes]:
     return batch_line(req, azure), sidecar_line(req)
 
 
+def _room(engine: Engine) -> int:
+    return engine.options.max_unpushed_batches - len(engine.state.batches_in("assembled"))
+
+
+def has_work(engine: Engine, mode: str) -> bool:
+    """Whether ``assemble(engine, mode)`` would do anything (the runner skips the stage, and its Prefect task run,
+    when it would not)."""
+    if mode == "direct" and engine.options.force_direct:
+        return True  # it also moves never-pushed Batch API batches to direct
+    return _room(engine) > 0 and engine.state.queued_requests() > 0
+
+
 def assemble(engine: Engine, mode: str = "batch", max_new: int | None = None) -> list[int]:
     """Assemble up to ``max_new`` batches (default: up to ``max_unpushed_batches`` waiting); returns their ids."""
     options = engine.options
     if mode == "direct" and options.force_direct:
         to_direct(engine)  # batches assembled for the Batch API but never pushed: sent directly too
     state = engine.state
-    waiting = len(state.batches_in("assembled"))
-    budget = options.max_unpushed_batches - waiting if max_new is None else max_new
+    budget = _room(engine) if max_new is None else max_new
     created: list[int] = []
     if budget <= 0 or state.queued_requests() == 0:
         return created

@@ -27,16 +27,18 @@ def _task_id(engine: Engine) -> str:
     return engine.state.require_task().task_id
 
 
+def _hold(engine: Engine, batch: BatchRecord) -> Hold:
+    owner = engine.lease.owner if engine.lease is not None else engine.session_id
+    return Hold(task_id=_task_id(engine), task=engine.store.url, local_id=batch.local_id, model=batch.model,
+                tokens=batch.tokens, cost=limits.reserved_spend(batch).cost, holder=owner, reserved_at=time.time())
+
+
 def reserve(engine: Engine, batch: BatchRecord) -> str | None:
     """Reserve ``batch`` in the shared ledger; None when granted (or no ledger), else why it must wait."""
     if engine.quota is None or batch.mode != "batch":
         return None
-    owner = engine.lease.owner if engine.lease is not None else engine.session_id
-    hold = Hold(task_id=_task_id(engine), task=engine.store.url, local_id=batch.local_id, model=batch.model,
-                tokens=batch.tokens, cost=limits.reserved_spend(batch).cost, holder=owner,
-                reserved_at=time.time())
     try:
-        decision = engine.quota.reserve(hold)
+        decision = engine.quota.reserve(_hold(engine, batch))
     except QuotaError as exc:
         raise EngineStop(str(exc)) from exc
     return None if decision.granted else decision.reason
@@ -72,6 +74,24 @@ def sync(engine: Engine) -> None:
 def waiting(engine: Engine) -> bool:
     """Whether batches wait for room in the shared quota (room another task frees must be taken at once)."""
     return engine.quota is not None and bool(engine.state.batches_in("assembled"))
+
+
+def look_for_room(engine: Engine) -> str | None:
+    """For a task waiting on the shared quota only: "room" when its next batch would be let through now (the push
+    stage should run at once), "wait" while the ledger holds it back; None when the ledger is not what it waits for
+    (no ledger, nothing to push, or its own limits or the remote hold the batch back: it waits for its own batches)."""
+    if not waiting(engine):
+        return None
+    state = engine.state
+    for batch in state.batches_in("assembled"):
+        if batch.mode != "batch":
+            continue
+        if batch.not_before and time.time() < batch.not_before and state.batches_in("pushing", "pushed"):
+            return None
+        if limits.push_refusal(engine.options, state, engine.session_id, batch):
+            return None
+        return "room" if engine.quota.would_grant(_hold(engine, batch)) else "wait"  # type: ignore[union-attr]
+    return None
 
 
 def _remote_status(engine: Engine, hold: Hold) -> str | None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from gbatch_flows.engine import limits, quota_gate
 from gbatch_flows.engine.assemble import assemble
+from gbatch_flows.engine.assemble import has_work as assemble_has_work
 from gbatch_flows.engine.context import Engine, EngineStop
 from gbatch_flows.engine.direct import DirectStats, run_direct
 from gbatch_flows.engine.generate import generate
@@ -23,6 +24,7 @@ from gbatch_flows.engine.poll import poll
 from gbatch_flows.engine.process import process
 from gbatch_flows.engine.push import adopt_pushing, push
 from gbatch_flows.engine.state import TaskState
+from gbatch_flows.quota.ledger import WAITER_TTL_S
 
 log = logging.getLogger("gbatch_flows.engine.runner")
 
@@ -89,6 +91,11 @@ def blocked_reason(engine: Engine) -> str | None:
     return None
 
 
+#: Longest a task waiting for room in the shared quota stays in the wait stage: the push stage then renews its place
+#: in the ledger's queue (a waiter not seen for quota.ledger.WAITER_TTL_S loses it).
+QUOTA_LOOK_S = WAITER_TTL_S / 4
+
+
 @dataclass
 class WaitResult:
     finished: list[int] = field(default_factory=list)
@@ -103,30 +110,43 @@ def wait_for_batches(engine: Engine, sleep: Callable[[float], None], max_wait_s:
     included: a poll that fails slowly counts too); sleeps, never spins.
 
     Logs one line per poll cycle (batches in flight, requests done, next poll). With nothing remote to wait for
-    (e.g. a push that failed and will be retried) it sleeps once and returns.
+    (e.g. a push that failed and will be retried) it sleeps once and returns. A task whose next batch waits for room
+    in the shared quota (``--quota_dir``) also looks at the ledger every ``poll_interval_min_s`` between polls and
+    returns as soon as there is room (the push stage takes it), or after QUOTA_LOOK_S (the push stage renews its
+    place in the ledger's queue): room another task frees is taken within a second, not after a poll back-off or a
+    round of stages.
     """
     pacing = engine.config.pacing
     wait, started = pacing.poll_interval_min_s, clock()
+    next_poll = started
+    report = None
     while True:
-        report = poll(engine)
+        if report is None or clock() >= next_poll:
+            report = poll(engine)
+            if report.finished:
+                quota_gate.sync(engine)  # their tokens leave the shared queue now, before they are processed
+                return WaitResult(report.finished, clock() - started, False, report.progress)
+            if not engine.state.batches_in("pushed") and quota_gate.look_for_room(engine) != "wait":
+                log.info("nothing in flight to wait for; next look in %s", _seconds(wait))  # look again soon
+                sleep(wait)
+                return WaitResult([], clock() - started, False, report.progress)
+            done = sum(d for d, _ in report.progress.values())
+            total = sum(t for _, t in report.progress.values())
+            log.info("waiting: %d batch(es) in flight, %d/%d of their requests done%s; next poll in %s (waited %s)",
+                     report.in_flight, done, total, ", the next batch waits for room in the shared quota"
+                     if quota_gate.waiting(engine) else "", _seconds(wait), _seconds(clock() - started))
+            next_poll = clock() + wait
+            wait = min(pacing.poll_interval_max_s, wait * 1.5)
         waited = clock() - started
-        if report.finished:
-            quota_gate.sync(engine)  # their tokens leave the shared queue now, before they are processed
-            return WaitResult(report.finished, waited, False, report.progress)
-        if not engine.state.batches_in("pushed") or quota_gate.waiting(engine):
-            # nothing remote to wait for, or the shared quota may have room now: push again soon
-            (log.debug if quota_gate.waiting(engine) else log.info)("nothing in flight to wait for; next look in %s",
-                                                                    _seconds(wait))
-            sleep(wait)
-            return WaitResult([], clock() - started, False, report.progress)
-        if max_wait_s is not None and waited >= max_wait_s:
-            return WaitResult([], waited, True, report.progress)
-        done = sum(d for d, _ in report.progress.values())
-        total = sum(t for _, t in report.progress.values())
-        log.info("waiting: %d batch(es) in flight, %d/%d of their requests done; next poll in %s (waited %s)",
-                 report.in_flight, done, total, _seconds(wait), _seconds(waited))
-        sleep(wait if max_wait_s is None else max(0.0, min(wait, max_wait_s - waited)))
-        wait = min(pacing.poll_interval_max_s, wait * 1.5)
+        if max_wait_s is not None and waited >= max_wait_s:  # (waiting for room alone is not a batch running late)
+            return WaitResult([], waited, bool(engine.state.batches_in("pushed")), report.progress)
+        look = quota_gate.look_for_room(engine)
+        if look == "room" or (look == "wait" and waited >= QUOTA_LOOK_S):
+            return WaitResult([], waited, False, report.progress)
+        until = next_poll if look is None else min(next_poll, clock() + pacing.poll_interval_min_s)
+        if max_wait_s is not None:
+            until = min(until, started + max_wait_s)
+        sleep(max(0.0, until - clock()))
 
 
 def _seconds(value: float) -> str:
@@ -279,10 +299,12 @@ class Runner:
         only_process = engine.config.mode.only_process
         if not only_process:
             stages.generate()
-        while True:
-            progressed = bool(stages.process())
+        while True:  # a stage with nothing to do is skipped (no Prefect task run for nothing in a flow)
+            progressed = bool(engine.state.batches_in("done")) and bool(stages.process())
             if not only_process:
-                progressed |= bool(stages.assemble(choose_mode(engine)))
+                mode = choose_mode(engine)
+                if assemble_has_work(engine, mode):
+                    progressed |= bool(stages.assemble(mode))
                 if has_direct_work(engine.state):  # also direct batches a crashed run left behind
                     progressed |= bool(stages.direct())
                 if engine.state.batches_in("assembled", "pushing"):

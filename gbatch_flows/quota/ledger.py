@@ -215,15 +215,8 @@ class QuotaLedger:
             if manifest.get(key) is not None:
                 return {}, Decision(True)  # already ours (a retried call)
             now = self.clock()
-            ahead = [w for w in self.waiters(manifest, hold.model) if w.task_id != hold.task_id]
+            decision = self.decide(manifest, hold)
             mine = manifest.get(wait_key)
-            since = Waiter.model_validate(mine).since if mine is not None else now
-            ahead = [w for w in ahead if (w.since, w.task_id) < (since, hold.task_id)]
-            decision = self.check(manifest, hold)
-            if decision.granted and ahead and not self._leaves_room(manifest, hold, ahead):
-                first = ahead[0]
-                decision = Decision(False, f"first come, first served: task {first.task} waits for {hold.model} "
-                                           f"since {now - first.since:.0f} s")
             if decision.granted:
                 changes: dict[str, Any] = {key: hold.model_dump(mode="json")}
                 if mine is not None:
@@ -231,11 +224,35 @@ class QuotaLedger:
                 return changes, decision
             if mine is not None and now - Waiter.model_validate(mine).seen_at < WAITER_TTL_S / 4:
                 return {}, decision  # still fresh in the queue: no commit needed
+            since = Waiter.model_validate(mine).since if mine is not None else now
             waiter = Waiter(task_id=hold.task_id, task=hold.task, model=hold.model, tokens=hold.tokens,
                             cost=hold.cost, since=since, seen_at=now)
             return {wait_key: waiter.model_dump(mode="json")}, decision
 
         return self._update(change, f"reserve {key}")
+
+    def decide(self, manifest: Manifest, hold: Hold) -> Decision:
+        """What ``reserve`` would answer on ``manifest``: whether ``hold`` fits, and leaves room for every task
+        that asked earlier and still waits (first come, first served, with backfilling)."""
+        now = self.clock()
+        mine = manifest.get(f"waiting/{hold.model}/{hold.task_id}")
+        since = Waiter.model_validate(mine).since if mine is not None else now
+        ahead = [w for w in self.waiters(manifest, hold.model)
+                 if w.task_id != hold.task_id and (w.since, w.task_id) < (since, hold.task_id)]
+        decision = self.check(manifest, hold)
+        if decision.granted and ahead and not self._leaves_room(manifest, hold, ahead):
+            first = ahead[0]
+            return Decision(False, f"first come, first served: task {first.task} waits for {hold.model} since "
+                                   f"{now - first.since:.0f} s")
+        return decision
+
+    def would_grant(self, hold: Hold) -> bool:
+        """Whether ``reserve(hold)`` would be granted now (one read, nothing committed): a task waiting for room
+        looks with this and reserves only once there is room."""
+        try:
+            return self.decide(self.load(), hold).granted
+        except QuotaError:  # a batch that can never fit: ``reserve`` says so
+            return True
 
     def _leaves_room(self, manifest: Manifest, hold: Hold, ahead: list[Waiter]) -> bool:
         """Whether ``hold`` fits together with what every task ahead of it waits for (backfilling): granting it

@@ -180,6 +180,16 @@ def test_flow_runs_on_two_workers_share_one_quota(prefect_api: PrefectApi, deplo
     spent = sum(b.cost for b in batches)
     assert spent > 0 and report["today"]["cost"] == pytest.approx(spent) and spent <= DAILY_CAP
 
+    # No task run for a stage with nothing to do: every process-results run processed batches (its name says which),
+    # every assemble-batches run assembled some.
+    for run in runs:
+        names = [t["name"] for t in prefect_api.post("/task_runs/filter",
+                                                        {"flow_runs": {"id": {"any_": [run["id"]]}}})]
+        idle = [n for n in names if n.startswith("process-results") and "batch" not in n]
+        assert idle == [], f"process-results task runs with no batch to process: {idle} (all: {names})"
+        assembled = sum(n.startswith("assemble-batches") for n in names)
+        assert 1 <= assembled <= len(batches) // N_RUNS, names  # each one assembled at least one of its batches
+
     # The limit was filled (two batches enqueued at once), never passed. How much of it was in use while a task
     # waited for room, once the gate was open: at the emulator (as tests/reliability/test_shared_quota.py measures
     # it) and reserved in the ledger. A batch's tokens leave the ledger when its task's flow loop sees that it

@@ -65,6 +65,21 @@ def test_first_come_first_served(ledger: QuotaLedger) -> None:
     assert ledger.report()["models"][MODEL]["waiting"] == ["file:///tasks/medium"]
 
 
+def test_would_grant_answers_as_reserve_would_and_commits_nothing(ledger: QuotaLedger) -> None:
+    assert ledger.reserve(hold("a", 1, 2500)).granted
+    assert not ledger.reserve(hold("big", 1, 2000)).granted  # waits first
+    generation = ledger.load().generation
+    assert not ledger.would_grant(hold("big", 1, 2000))  # no room yet
+    assert not ledger.would_grant(hold("small", 1, 400))  # room, but "big" waits ahead of it
+    assert ledger.load().generation == generation  # looking commits nothing: no waiter added, none refreshed
+    ledger.settle("a", 1, cost=0.0)
+    assert ledger.would_grant(hold("big", 1, 2000))
+    assert ledger.would_grant(hold("small", 1, 400))  # backfilling: it leaves room for "big"
+    assert not ledger.would_grant(hold("later", 1, 1500))  # it would not
+    assert ledger.would_grant(hold("huge", 1, 5000))  # can never fit: reserve says so, in one line
+    assert ledger.load().generation == generation + 1  # only the settle committed
+
+
 def test_a_waiter_that_went_away_does_not_block(tmp_path: Path) -> None:
     now = [1_000_000.0]
     led = QuotaLedger(str(tmp_path / "q"), clock=lambda: now[0])
