@@ -15,10 +15,11 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from gbatch_flows import api, endpoints, task as task_module
+from gbatch_flows import api, endpoints
+from gbatch_flows import task as task_module
 from gbatch_flows.emulator import EmulatorConfig, run_emulator
-from gbatch_flows.engine import process as process_module
 from gbatch_flows.engine import assemble as assemble_module
+from gbatch_flows.engine import process as process_module
 from gbatch_flows.engine.output import records, write_output
 from gbatch_flows.engine.protocol import Processed, Result
 from gbatch_flows.engine.runner import run_engine
