@@ -211,6 +211,21 @@ class IOCounts:
     by_prefix_read: dict[str, int] = field(default_factory=dict)
     by_prefix_written: dict[str, int] = field(default_factory=dict)
     by_path_read: dict[str, int] = field(default_factory=dict)
+    calls: dict[str, int] = field(default_factory=dict)  # backend method -> calls (reads of open handles included)
+    seconds: dict[str, float] = field(default_factory=dict)  # backend method -> wall seconds inside the backend
+
+    def add_call(self, method: str, seconds: float) -> None:
+        self.calls[method] = self.calls.get(method, 0) + 1
+        self.seconds[method] = self.seconds.get(method, 0.0) + seconds
+
+    @property
+    def store_seconds(self) -> float:
+        """Wall time spent inside the backend (all threads, so overlapping calls are counted twice)."""
+        return sum(self.seconds.values())
+
+    @property
+    def store_calls(self) -> int:
+        return sum(self.calls.values())
 
     def add_read(self, path: str, n: int) -> None:
         self.read += n
@@ -230,7 +245,9 @@ class _CountingReader:
         self._handle, self._path, self._counts = handle, path, counts
 
     def read(self, n: int = -1) -> bytes:
+        start = time.perf_counter()
         data = self._handle.read(n)
+        self._counts.add_call("handle.read", time.perf_counter() - start)
         self._counts.add_read(self._path, len(data))
         return data
 
@@ -242,7 +259,7 @@ class _CountingReader:
 
 
 class CountingBackend:
-    """Delegates to a real backend and counts the bytes that go through it."""
+    """Delegates to a real backend and counts the bytes, calls and wall time that go through it."""
 
     def __init__(self, inner: Any, counts: IOCounts | None = None):
         self._inner = inner
@@ -250,47 +267,66 @@ class CountingBackend:
         self.url = inner.url
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
+        value = getattr(self._inner, name)
+        if not callable(value) or name.startswith("_"):
+            return value
+
+        @functools.wraps(value)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return value(*args, **kwargs)
+            finally:
+                self.counts.add_call(name, time.perf_counter() - start)
+
+        return timed
+
+    def _timed(self, name: str, fn: Callable[..., Any], *args: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            self.counts.add_call(name, time.perf_counter() - start)
 
     def write_stream(self, path: str, chunks: Any) -> tuple[int, str]:
-        size, sha = self._inner.write_stream(path, chunks)
+        size, sha = self._timed("write_stream", self._inner.write_stream, path, chunks)
         self.counts.add_written(path, size)
         return size, sha
 
     def write_bytes(self, path: str, data: bytes) -> None:
-        self._inner.write_bytes(path, data)
+        self._timed("write_bytes", self._inner.write_bytes, path, data)
         self.counts.add_written(path, len(data))
 
     def create_exclusive(self, path: str, data: bytes) -> None:
-        self._inner.create_exclusive(path, data)
+        self._timed("create_exclusive", self._inner.create_exclusive, path, data)
         self.counts.add_written(path, len(data))
 
     def cas_write(self, path: str, data: bytes, expected: str | None) -> str:
-        token = self._inner.cas_write(path, data, expected)
+        token = self._timed("cas_write", self._inner.cas_write, path, data, expected)
         self.counts.add_written(path, len(data))
         return token
 
     def read_bytes(self, path: str) -> bytes:
-        data = self._inner.read_bytes(path)
+        data = self._timed("read_bytes", self._inner.read_bytes, path)
         self.counts.add_read(path, len(data))
         self.counts.files_read += 1
         return data
 
     def read_many(self, paths: list[str]) -> dict[str, bytes]:
-        out = self._inner.read_many(paths)
+        out = self._timed("read_many", self._inner.read_many, paths)
         for path, data in out.items():
             self.counts.add_read(path, len(data))
         self.counts.files_read += len(out)
         return out
 
     def cas_read(self, path: str) -> tuple[bytes | None, str | None]:
-        data, token = self._inner.cas_read(path)
+        data, token = self._timed("cas_read", self._inner.cas_read, path)
         if data is not None:
             self.counts.add_read(path, len(data))
         return data, token
 
     def open_read(self, path: str) -> tuple[Any, int]:
-        handle, size = self._inner.open_read(path)
+        handle, size = self._timed("open_read", self._inner.open_read, path)
         self.counts.files_read += 1
         return _CountingReader(handle, path, self.counts), size
 
@@ -328,6 +364,7 @@ class Timing:
     seconds: float = 0.0
     cpu: float = 0.0  # CPU seconds of the engine process (all its threads) during the calls
     peak_growth_mb: float = 0.0  # how much the process's peak RSS rose during the calls
+    peak_mb: float = 0.0  # the process's peak RSS (ru_maxrss) when its last call ended
     calls: int = 0
     first_start: float | None = None
     last_end: float | None = None
@@ -354,7 +391,8 @@ class StageTimer:
             finally:
                 end = time.perf_counter()
                 timing.cpu += time.process_time() - cpu
-                timing.peak_growth_mb += self_peak_rss_mb() - peak
+                timing.peak_mb = self_peak_rss_mb()
+                timing.peak_growth_mb += timing.peak_mb - peak
                 timing.seconds += end - start
                 timing.calls += 1
                 timing.last_end = end

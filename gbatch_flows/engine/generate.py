@@ -13,6 +13,7 @@ import orjson
 
 from gbatch_flows import costs
 from gbatch_flows.engine.context import Engine, EngineStop
+from gbatch_flows.engine.keyset import HashSet
 from gbatch_flows.engine.state import TASK, Changes, TaskState, segment_key
 from gbatch_flows.models import RequestSpec, Segment, TaskInfo
 from gbatch_flows.store import BlobRef
@@ -107,15 +108,15 @@ def generate(engine: Engine, chunk_requests: int = CHUNK_REQUESTS) -> TaskState:
     position = task.generated_count
     specs = itertools.islice(iter(engine.task.generate_requests(task.meta)), position, None)
     known = sent_keys(engine) if task.skip_sent_keys else set()
-    seen: set[str] = set()
+    start = position
+    seen = HashSet()  # hashes, not the keys: a set of 10M keys alone holds 880 MB
     lines: list[bytes] = []
     tokens = 0
     for spec in specs:
         if not isinstance(spec, RequestSpec):
             spec = RequestSpec.model_validate(spec)
-        if spec.key in seen:
+        if seen.add(spec.key) and yielded_before(engine, task.meta, spec.key, start, position):
             raise EngineStop(f"generate_requests yielded the sample key {spec.key!r} twice: keys must be unique")
-        seen.add(spec.key)
         position += 1
         if spec.key in known:
             continue
@@ -128,6 +129,17 @@ def generate(engine: Engine, chunk_requests: int = CHUNK_REQUESTS) -> TaskState:
     _commit_chunk(engine, lines, tokens, position, done=True)
     log.info("generated %d requests", engine.state.require_task().generated_requests)
     return engine.state
+
+
+def yielded_before(engine: Engine, meta: dict[str, Any], key: str, start: int, stop: int) -> bool:
+    """Whether the generator yielded ``key`` at a position in [start, stop): the exact check behind a hash match
+    (a repeated key, or two keys sharing a 64-bit hash). Runs the generator again up to ``stop``."""
+    for spec in itertools.islice(iter(engine.task.generate_requests(meta)), start, stop):
+        if not isinstance(spec, RequestSpec):
+            spec = RequestSpec.model_validate(spec)
+        if spec.key == key:
+            return True
+    return False
 
 
 def sent_keys(engine: Engine) -> set[str]:

@@ -16,6 +16,8 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
     ("pipeline.py", ["--n", "300"], "300 records"),
     ("store_commit.py", ["--n", "300", "--commits", "3"], "iter_lines verified"),
     ("tokens.py", ["--n", "300"], "baseline"),
+    ("scale.py", ["--n", "300", "--session-requests", "100", "--batch-requests", "50", "--s3-n", "200",
+                  "--latency-ms", "5"], "time the store adds"),
 ])
 def test_bench_script_runs(script: str, args: list[str], expect: str, tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, str(BENCH / script), *args], cwd=tmp_path, capture_output=True, text=True,
