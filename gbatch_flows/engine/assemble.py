@@ -32,7 +32,6 @@ class QueuedLine:
     segment: int
     line: int
     request: dict  # the queued request; without "payload" when ``parts`` is set (see ``split_line``)
-    raw: bytes = b""  # the queued line as stored (its payload bytes become the batch line's body)
     model: str = ""  # the payload's "model" ("" without one)
     parts: tuple[bytes, bytes, bytes] | None = None  # (before the payload, the payload, after it): see split_line
 
@@ -98,9 +97,9 @@ def queued_line(segment: int, line: int, raw: bytes) -> QueuedLine:
     split = split_line(raw)
     if split is None:
         request = orjson.loads(raw)
-        return QueuedLine(segment, line, request, raw, request["payload"].get("model", ""))
+        return QueuedLine(segment, line, request, request["payload"].get("model", ""))
     request, head, payload, tail = split
-    return QueuedLine(segment, line, request, raw, payload_model(payload), (head, payload, tail))
+    return QueuedLine(segment, line, request, payload_model(payload), (head, payload, tail))
 
 
 def iter_queue(engine: Engine, state: TaskState) -> Iterator[QueuedLine]:

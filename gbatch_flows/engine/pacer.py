@@ -85,6 +85,11 @@ class Limit:
         """Earliest time a request of ``cost`` may really go out, by what really went out before it."""
         return self.sent_tat + min(cost / self.rate, self.burst_s) - self.burst_s
 
+    def no_credit_before(self, t: float) -> None:
+        """Whatever was sent or planned, the bucket holds no credit before ``t`` (both clocks: planned and actual)."""
+        self.tat = max(self.tat, t + self.burst_s)
+        self.sent_tat = max(self.sent_tat, t + self.burst_s)
+
     def went_out(self, t: float, cost: float) -> None:
         self.sent_tat = max(self.sent_tat, t) + cost / self.rate
 
@@ -113,11 +118,8 @@ class Limit:
 
     def seed(self, now: float, remaining: float) -> None:
         """The server says only ``remaining`` is left: the bucket's credit (and the window) cannot hold more."""
-        self.tat = max(self.tat, now - self.burst_s)  # a bucket never holds more than burst_s of credit
-        if remaining < (now + self.burst_s - self.tat) * self.rate:  # what could go at once now
-            self.tat = now + self.burst_s - max(0.0, remaining) / self.rate
-        if remaining < (now + self.burst_s - self.sent_tat) * self.rate:
-            self.sent_tat = now + self.burst_s - max(0.0, remaining) / self.rate
+        self.no_credit_before(now - self.burst_s)  # a bucket never holds more than burst_s of credit
+        self.no_credit_before(now - max(0.0, remaining) / self.rate)  # what could go at once now: remaining
         if self.window_s:
             free = self.allowance - self.used
             if remaining < free:
@@ -202,8 +204,7 @@ class Pacer:
         self._hold_until = max(self._hold_until, self._clock() + seconds)
         for limit in (self.requests, self.tokens):
             if limit is not None:
-                limit.tat = max(limit.tat, self._hold_until + limit.burst_s)
-                limit.sent_tat = max(limit.sent_tat, self._hold_until + limit.burst_s)
+                limit.no_credit_before(self._hold_until)
 
     # --- sending ------------------------------------------------------------------------------------------------
 
@@ -260,8 +261,7 @@ class Pacer:
         now = self._clock()
         for limit in (self.requests, self.tokens):
             if limit is not None:
-                limit.tat = max(limit.tat, now + limit.burst_s)
-                limit.sent_tat = max(limit.sent_tat, now + limit.burst_s)
+                limit.no_credit_before(now)
 
     async def _behind_probe(self) -> None:
         """The first caller goes (the probe); the others wait for its answer (or ``PROBE_TIMEOUT_S``)."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
 import openai
@@ -96,25 +96,50 @@ def push(engine: Engine) -> str | None:
                     raise
                 # the server has no Batch API, so this batch cannot exist there: send its requests directly
                 operations.never_created(engine, [engine.state.batches[batch.local_id]], "the server has no Batch API")
-    for batch in engine.state.batches_in("assembled"):
-        if batch.mode != "batch":
-            continue
-        state = engine.state
-        if batch.not_before and time.time() < batch.not_before and state.batches_in("pushing", "pushed"):
-            log.info("batch %d waits for the enqueued-token limit: remote batches must finish first", batch.local_id)
-            quota_gate.stand_aside(engine, batch)
-            return "enqueued token limit"
-        refusal = limits.push_refusal(engine.options, state, engine.session_id, batch)
-        if refusal:  # this task's own limits hold the batch back: it must not hold a place in the shared queue
+    for batch in _to_push(engine):
+        refusal = _held_back(engine, batch)
+        if refusal:  # by this task's own limits or the remote: it must not hold a place in the shared queue
             quota_gate.stand_aside(engine, batch)
         else:
             refusal = quota_gate.reserve(engine, batch)
         if refusal:
-            log.info("batch %d waits: %s reached", batch.local_id, refusal)
+            if refusal == TOKEN_LIMIT_WAIT:
+                log.info("batch %d waits for the enqueued-token limit: remote batches must finish first",
+                         batch.local_id)
+            else:
+                log.info("batch %d waits: %s reached", batch.local_id, refusal)
             return refusal
         batch = reserve_and_mark(engine, batch, "pushing")
         _create_remote(engine, batch)
     return None
+
+
+TOKEN_LIMIT_WAIT = "enqueued token limit"
+
+
+def _to_push(engine: Engine) -> Iterator[BatchRecord]:
+    return (b for b in engine.state.batches_in("assembled") if b.mode == "batch")
+
+
+def _held_back(engine: Engine, batch: BatchRecord) -> str | None:
+    """Why ``batch`` cannot be pushed now for a reason of this task's own (the remote refused it for the
+    enqueued-token limit a moment ago, or the task's limits), or None."""
+    state = engine.state
+    if batch.not_before and time.time() < batch.not_before and state.batches_in("pushing", "pushed"):
+        return TOKEN_LIMIT_WAIT
+    return limits.push_refusal(engine.options, state, engine.session_id, batch)
+
+
+def look_for_room(engine: Engine) -> str | None:
+    """For a task whose next batch waits on the shared quota only: "room" when ``push`` would let it through now,
+    "wait" while the ledger holds it back; None when the ledger is not what it waits for (no ledger, nothing to
+    push, or ``_held_back``: then it waits for its own batches)."""
+    if not quota_gate.waiting(engine):
+        return None
+    batch = next(_to_push(engine), None)
+    if batch is None or _held_back(engine, batch):
+        return None
+    return "room" if quota_gate.would_grant(engine, batch) else "wait"
 
 
 def reserve_and_mark(engine: Engine, batch: BatchRecord, new_state: str) -> BatchRecord:

@@ -76,22 +76,9 @@ def waiting(engine: Engine) -> bool:
     return engine.quota is not None and bool(engine.state.batches_in("assembled"))
 
 
-def look_for_room(engine: Engine) -> str | None:
-    """For a task waiting on the shared quota only: "room" when its next batch would be let through now (the push
-    stage should run at once), "wait" while the ledger holds it back; None when the ledger is not what it waits for
-    (no ledger, nothing to push, or its own limits or the remote hold the batch back: it waits for its own batches)."""
-    if not waiting(engine):
-        return None
-    state = engine.state
-    for batch in state.batches_in("assembled"):
-        if batch.mode != "batch":
-            continue
-        if batch.not_before and time.time() < batch.not_before and state.batches_in("pushing", "pushed"):
-            return None
-        if limits.push_refusal(engine.options, state, engine.session_id, batch):
-            return None
-        return "room" if engine.quota.would_grant(_hold(engine, batch)) else "wait"  # type: ignore[union-attr]
-    return None
+def would_grant(engine: Engine, batch: BatchRecord) -> bool:
+    """Whether ``reserve(engine, batch)`` would be granted now (one read of the ledger, nothing committed)."""
+    return engine.quota is None or engine.quota.would_grant(_hold(engine, batch))
 
 
 def _remote_status(engine: Engine, hold: Hold) -> str | None:

@@ -22,7 +22,7 @@ from gbatch_flows.engine.generate import generate
 from gbatch_flows.engine.pacer import Pacer
 from gbatch_flows.engine.poll import poll
 from gbatch_flows.engine.process import process
-from gbatch_flows.engine.push import adopt_pushing, push
+from gbatch_flows.engine.push import adopt_pushing, look_for_room, push
 from gbatch_flows.engine.state import TaskState
 from gbatch_flows.quota.ledger import WAITER_TTL_S
 
@@ -121,12 +121,15 @@ def wait_for_batches(engine: Engine, sleep: Callable[[float], None], max_wait_s:
     next_poll = started
     report = None
     while True:
-        if report is None or clock() >= next_poll:
+        polled = report is None or clock() >= next_poll
+        if polled:
             report = poll(engine)
             if report.finished:
                 quota_gate.sync(engine)  # their tokens leave the shared queue now, before they are processed
                 return WaitResult(report.finished, clock() - started, False, report.progress)
-            if not engine.state.batches_in("pushed") and quota_gate.look_for_room(engine) != "wait":
+        look = look_for_room(engine)  # "room" / "wait" when the next batch waits on the shared quota only
+        if polled:
+            if not engine.state.batches_in("pushed") and look != "wait":
                 log.info("nothing in flight to wait for; next look in %s", _seconds(wait))  # look again soon
                 sleep(wait)
                 return WaitResult([], clock() - started, False, report.progress)
@@ -134,13 +137,12 @@ def wait_for_batches(engine: Engine, sleep: Callable[[float], None], max_wait_s:
             total = sum(t for _, t in report.progress.values())
             log.info("waiting: %d batch(es) in flight, %d/%d of their requests done%s; next poll in %s (waited %s)",
                      report.in_flight, done, total, ", the next batch waits for room in the shared quota"
-                     if quota_gate.waiting(engine) else "", _seconds(wait), _seconds(clock() - started))
+                     if look == "wait" else "", _seconds(wait), _seconds(clock() - started))
             next_poll = clock() + wait
             wait = min(pacing.poll_interval_max_s, wait * 1.5)
         waited = clock() - started
         if max_wait_s is not None and waited >= max_wait_s:  # (waiting for room alone is not a batch running late)
             return WaitResult([], waited, bool(engine.state.batches_in("pushed")), report.progress)
-        look = quota_gate.look_for_room(engine)
         if look == "room" or (look == "wait" and waited >= QUOTA_LOOK_S):
             return WaitResult([], waited, False, report.progress)
         until = next_poll if look is None else min(next_poll, clock() + pacing.poll_interval_min_s)
