@@ -175,8 +175,11 @@ def _prefect_task(stage: Stage) -> Any:
                                {"retries": 2, "retry_delay_seconds": [2, 10]})
     cache: dict[str, Any] = ({"cache_key_fn": _stage_cache_key, "persist_result": True} if stage.cached else
                              {"cache_policy": NO_CACHE})
-    return task(run_stage, name=stage.name, task_run_name="{label}", tags=["gbatch", f"stage:{stage.name}"],
-                retry_condition_fn=_retry_unless_stop, **retries, **cache)
+    # No tags: a task run with tags makes Prefect look up tag concurrency limits before it starts, an API round
+    # trip whenever its 5 s memo of "no limit" has expired, which stalled stages 2-7 s here (tests/reliability/
+    # README.md, "one quota"); a stage is found by its task name (= stage name) in the UI instead.
+    return task(run_stage, name=stage.name, task_run_name="{label}", retry_condition_fn=_retry_unless_stop,
+                **retries, **cache)
 
 
 #: One Prefect task per stage of the table.

@@ -130,16 +130,21 @@ def _held_back(engine: Engine, batch: BatchRecord) -> str | None:
     return limits.push_refusal(engine.options, state, engine.session_id, batch)
 
 
-def look_for_room(engine: Engine) -> str | None:
+def look_for_room(engine: Engine, ask_remote: bool = False) -> str | None:
     """For a task whose next batch waits on the shared quota only: "room" when ``push`` would let it through now,
     "wait" while the ledger holds it back; None when the ledger is not what it waits for (no ledger, nothing to
-    push, or ``_held_back``: then it waits for its own batches)."""
+    push, or ``_held_back``: then it waits for its own batches). With ``ask_remote``, other tasks' batches the
+    ledger holds are looked up first when there is no room (``quota_gate.free_ended``)."""
     if not quota_gate.waiting(engine):
         return None
     batch = next(_to_push(engine), None)
     if batch is None or _held_back(engine, batch):
         return None
-    return "room" if quota_gate.would_grant(engine, batch) else "wait"
+    if quota_gate.would_grant(engine, batch):
+        return "room"
+    # another task's batch may have ended before its task polled it: ask the remote rather than wait for that poll
+    freed = ask_remote and quota_gate.free_ended(engine, batch)
+    return "room" if freed and quota_gate.would_grant(engine, batch) else "wait"
 
 
 def reserve_and_mark(engine: Engine, batch: BatchRecord, new_state: str) -> BatchRecord:

@@ -81,6 +81,29 @@ def would_grant(engine: Engine, batch: BatchRecord) -> bool:
     return engine.quota is None or engine.quota.would_grant(_hold(engine, batch))
 
 
+#: Each of those look-ups gives up after this long (the wait stage must keep looking at the ledger).
+FREE_ENDED_TIMEOUT_S = 10.0
+
+
+def free_ended(engine: Engine, batch: BatchRecord) -> bool:
+    """Free the tokens of other tasks' batches that ended on the remote but are still held because their task has
+    not polled them yet (``QuotaLedger.free_ended``); True when some were freed. Look-up errors free nothing.
+    Called by a waiting task when it polls its own batches, so on the same back-off (at most FREE_ENDED_CHECKS
+    look-ups each time)."""
+    if engine.quota is None:
+        return False
+    client = engine.client.with_options(max_retries=0, timeout=FREE_ENDED_TIMEOUT_S)
+
+    def status(hold: Hold) -> str | None:
+        try:
+            return client.batches.retrieve(hold.remote_id).status if hold.remote_id else None
+        except openai.OpenAIError as exc:  # not visible with this key, or the remote is busy: leave it held
+            log.debug("quota: cannot look up %s of task %s: %s", hold.remote_id, hold.task, exc)
+            return None
+
+    return bool(engine.quota.free_ended(batch.model, status, exclude_task=_task_id(engine), needed=batch.tokens))
+
+
 def _remote_status(engine: Engine, hold: Hold) -> str | None:
     """What the remote knows of a hold's batch: its status, or None when no such batch exists."""
     if hold.remote_id:

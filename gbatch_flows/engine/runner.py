@@ -111,7 +111,8 @@ def wait_for_batches(engine: Engine, sleep: Callable[[float], None], max_wait_s:
 
     Logs one line per poll cycle (batches in flight, requests done, next poll). With nothing remote to wait for
     (e.g. a push that failed and will be retried) it sleeps once and returns. A task whose next batch waits for room
-    in the shared quota (``--quota_dir``) also looks at the ledger every ``poll_interval_min_s`` between polls and
+    in the shared quota (``--quota_dir``) also looks at the ledger every ``poll_interval_min_s`` between polls (and,
+    at each poll, asks the remote about other tasks' held batches: one may have ended before its task polled it) and
     returns as soon as there is room (the push stage takes it), or after QUOTA_LOOK_S (the push stage renews its
     place in the ledger's queue): room another task frees is taken within a second, not after a poll back-off or a
     round of stages.
@@ -127,7 +128,11 @@ def wait_for_batches(engine: Engine, sleep: Callable[[float], None], max_wait_s:
             if report.finished:
                 quota_gate.sync(engine)  # their tokens leave the shared queue now, before they are processed
                 return WaitResult(report.finished, clock() - started, False, report.progress)
-        look = look_for_room(engine)  # "room" / "wait" when the next batch waits on the shared quota only
+        # "room" / "wait" when the next batch waits on the shared quota only; on a poll, other tasks' batches the
+        # ledger still holds are looked up too (one may have ended before its task polled it)
+        look = look_for_room(engine, ask_remote=polled)
+        if look == "room":  # the push stage takes it now (no sleep first, even with nothing in flight)
+            return WaitResult([], clock() - started, False, report.progress)
         if polled:
             if not engine.state.batches_in("pushed") and look != "wait":
                 log.info("nothing in flight to wait for; next look in %s", _seconds(wait))  # look again soon
@@ -143,7 +148,7 @@ def wait_for_batches(engine: Engine, sleep: Callable[[float], None], max_wait_s:
         waited = clock() - started
         if max_wait_s is not None and waited >= max_wait_s:  # (waiting for room alone is not a batch running late)
             return WaitResult([], waited, bool(engine.state.batches_in("pushed")), report.progress)
-        if look == "room" or (look == "wait" and waited >= QUOTA_LOOK_S):
+        if look == "wait" and waited >= QUOTA_LOOK_S:
             return WaitResult([], waited, False, report.progress)
         until = next_poll if look is None else min(next_poll, clock() + pacing.poll_interval_min_s)
         if max_wait_s is not None:
@@ -199,8 +204,8 @@ def _direct(stages: Stages) -> list[int]:
     return run_direct(stages.engine, stages.pacer, stages.direct_stats)
 
 
-def _push(stages: Stages) -> None:
-    push(stages.engine)
+def _push(stages: Stages) -> str | None:
+    return push(stages.engine)
 
 
 def _adopt(stages: Stages) -> None:
@@ -253,8 +258,9 @@ class Stages:
     def direct(self) -> list[int]:
         return self.call(DIRECT)
 
-    def push(self) -> None:
-        self.call(PUSH)
+    def push(self) -> str | None:
+        """Push what the limits allow; the limit that held the rest back, or None."""
+        return self.call(PUSH)
 
     def adopt(self) -> None:
         self.call(ADOPT)
@@ -295,6 +301,7 @@ class Runner:
         self.stages = stages or Stages(engine, sleep)
         self.pacer = self.stages.pacer
         self.direct_stats = self.stages.direct_stats
+        self.futile_push: int | None = None  # the generation a push left with batches held back
 
     def run(self) -> RunSummary:
         engine, stages = self.engine, self.stages
@@ -305,19 +312,21 @@ class Runner:
                 # a restart pushes what the last run assembled before assembling more (up to max_unpushed_batches
                 # of 50,000 requests: seconds each), so its first push comes right after start-up
                 stages.push()
+        self.futile_push = None
         while True:  # a stage with nothing to do is skipped (no Prefect task run for nothing in a flow)
-            progressed = bool(engine.state.batches_in("done")) and bool(stages.process())
+            progressed = False
+            if not only_process and engine.state.batches_in("done"):
+                # batches that just ended left room (in the remote queue, the shared quota): the next ones are
+                # pushed before these are processed (downloading and processing a big batch takes minutes)
+                progressed |= self._push()
+            progressed |= bool(engine.state.batches_in("done")) and bool(stages.process())
             if not only_process:
                 mode = choose_mode(engine)
                 if assemble_has_work(engine, mode):
                     progressed |= bool(stages.assemble(mode))
                 if has_direct_work(engine.state):  # also direct batches a crashed run left behind
                     progressed |= bool(stages.direct())
-                if engine.state.batches_in("assembled", "pushing"):
-                    queued = engine.state.queued_requests()
-                    stages.push()
-                    # a push that put requests back in the queue (batches that never reached the remote) progressed
-                    progressed |= engine.refresh().queued_requests() > queued
+                progressed |= self._push()
             elif engine.state.batches_in("pushing"):
                 stages.adopt()
             engine.refresh()
@@ -327,12 +336,27 @@ class Runner:
             waited = WaitResult()
             if not progressed and not engine.state.batches_in("done"):
                 waited = stages.wait(engine.config.pacing.max_poll_wait_s)
+                self.futile_push = None
             if self.on_tick:
                 self.on_tick(engine, {"progress": waited.progress})
             if waited.timed_out:
                 state = engine.refresh()
                 return RunSummary("waiting", f"batches still running after {waited.waited_s:.0f}s; run again to "
                                   "resume", state.generation, counts(state))
+
+    def _push(self) -> bool:
+        """The push stage, when there is something to push and the last push did not stop at a batch held back
+        with nothing committed since (it is tried again after a commit or a wait: the wait's look at the shared
+        ledger returns as soon as there is room). True when it progressed: requests of batches that never
+        reached the remote went back to the queue."""
+        engine = self.engine
+        if not engine.state.batches_in("assembled", "pushing") or engine.state.generation == self.futile_push:
+            return False
+        queued = engine.state.queued_requests()
+        held_back = self.stages.push()
+        progressed = engine.refresh().queued_requests() > queued
+        self.futile_push = engine.state.generation if held_back else None
+        return progressed
 
 
 def run_engine(engine: Engine, **kwargs) -> RunSummary:

@@ -39,6 +39,10 @@ WAITER_TTL_S = 60.0
 DIRECT_TTL_S = 30.0
 #: Commit attempts before a busy ledger is reported as an error.
 COMMIT_ATTEMPTS = 50
+#: Remote batch statuses after which a batch no longer counts against the enqueued-token limit.
+TERMINAL_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
+#: Most remote look-ups one ``free_ended`` call makes (a waiting task calls it at most once per look).
+FREE_ENDED_CHECKS = 8
 #: Batch states (of the task's own manifest) in which a batch still holds its reservation.
 HOLDING_STATES = frozenset({"pushing", "pushed", "done"})
 
@@ -372,6 +376,46 @@ class QuotaLedger:
         self._update(change, f"sync holds of task {task_id}")
         return done
 
+    def free_ended(self, model: str, remote_status: Callable[[Hold], str | None], exclude_task: str,
+                   needed: int, limit: int = FREE_ENDED_CHECKS) -> list[str]:
+        """Take out of the queue the tokens of other tasks' batches that have ended on the remote although their
+        task has not polled them yet: a waiting task asks for them instead of waiting for every holder's next poll.
+
+        Checks at most ``limit`` pushed holds of ``model`` (oldest first, each one look-up by ``remote_status``),
+        and stops once ``needed`` tokens are free. Only the tokens leave: the hold stays, with its worst-case
+        cost, until its own task settles it (``sync_task``, which finds the tokens already at 0); a batch the
+        look-up cannot see (another project, an error) keeps its tokens. Returns the keys freed."""
+        manifest = self.load()
+        limits = self.limits(model, manifest)
+        if limits is None or limits.max_remote_ktokens is None:
+            return []
+        held = self.holds(manifest, model)
+        room = limits.max_remote_ktokens * 1000 - sum(h.tokens for h in held.values())
+        candidates = sorted(((k, h) for k, h in held.items() if h.state == "pushed" and h.tokens > 0
+                             and h.remote_id and h.task_id != exclude_task), key=lambda kh: kh[1].reserved_at)
+        ended: list[str] = []
+        for key, hold in candidates[:limit]:
+            if room >= needed:
+                break
+            if remote_status(hold) in TERMINAL_STATUSES:
+                ended.append(key)
+                room += hold.tokens
+        if not ended:
+            return []
+
+        def change(m: Manifest) -> tuple[dict[str, Any], list[str]]:
+            changes: dict[str, Any] = {}
+            for key in ended:
+                raw = m.get(key)
+                if raw is not None and (hold := Hold.model_validate(raw)).tokens:
+                    changes[key] = hold.model_copy(update={"tokens": 0}).model_dump(mode="json")
+            return changes, list(changes)
+
+        freed = self._update(change, f"free the tokens of {len(ended)} ended batch(es)")
+        for key in freed:
+            log.info("quota: %s ended on the remote before its task saw it: its tokens are free", key)
+        return freed
+
     def reclaim(self, remote_status: Callable[[Hold], str | None], older_than_s: float = 900.0,
                 exclude_task: str | None = None) -> list[str]:
         """Free holds whose batch is over on the remote although no run settled them (their task is gone).
@@ -388,7 +432,7 @@ class QuotaLedger:
             if hold.task_id == exclude_task or now - hold.reserved_at < older_than_s:
                 continue
             status = remote_status(hold)
-            if status is None or status in ("completed", "failed", "expired", "cancelled"):
+            if status is None or status in TERMINAL_STATUSES:
                 stale[key] = hold
 
         def change(m: Manifest) -> tuple[dict[str, Any], list[str]]:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import s3fs
 
+from gbatch_flows.quota import ModelLimits, QuotaLedger
 from gbatch_flows.store import open_store
 from gbatch_flows.testing.docs import normalized
 from gbatch_flows.testing.moto import MotoS3
@@ -100,7 +101,11 @@ def test_killed_worker_then_retry_finishes_without_duplicates(
     task_url = f"s3://{bucket}/second/char_codes"
     output = f"{bucket}/second/char_codes/char_codes_output.jsonl"
     deployment = deployments["char-codes"]
-    parameters = run_parameters(emulator, f"s3://{bucket}/second", max_batch_requests=3, max_remote_batches=3)
+    # The run also reserves in a shared quota ledger on S3 (issue 17): the kill must not leak its reservations.
+    ledger = QuotaLedger(f"s3://{bucket}/quota-second", storage_options=moto.storage_options)
+    ledger.set_limits(ModelLimits(model="gpt-4o-mini", max_remote_ktokens=100))
+    parameters = run_parameters(emulator, f"s3://{bucket}/second", max_batch_requests=3, max_remote_batches=3,
+                                quota_dir=ledger.url)
     if not workers.started or workers.started[-1].proc.poll() is not None:
         workers.start()
     before = emulator.stats()
@@ -127,6 +132,8 @@ def test_killed_worker_then_retry_finishes_without_duplicates(
     assert prefect_api.get(f"/flow_runs/{run_b}")["state"]["type"] == "RUNNING"
     assert json.loads(fs.cat(f"{bucket}/second/char_codes/lease.json"))["released"] is False
     assert not fs.exists(output)
+    held = ledger.report()["models"]["gpt-4o-mini"]
+    assert held["tokens_in_flight"] > 0 and len(held["tasks"]) == 1, held  # the dead run's batches, still reserved
 
     # 4. Run B is marked Crashed (what Prefect's zombie-flow detection does; deployments/README.md), which frees
     #    the deployment's slot; `prefect flow-run retry` of it, on a new worker, takes over the lease of its dead
@@ -144,6 +151,9 @@ def test_killed_worker_then_retry_finishes_without_duplicates(
                if k.startswith("batch/")]
     assert {k: n for k, n in pushed.items() if n} == {str(i): 1 for i in range(1, 10)}  # no batch pushed twice
     assert after["batches_created"] - before["batches_created"] == len(batches) == 9
+    # Its reservations came back: nothing held in the ledger, nobody waiting.
+    held = ledger.report()["models"]["gpt-4o-mini"]
+    assert held["tokens_in_flight"] == 0 and held["tasks"] == {} and held["waiting"] == [], held
 
     # 5. One more triggered run finds the task finished: nothing sent, output unchanged.
     data = fs.cat(output)

@@ -119,6 +119,34 @@ def test_reclaim_frees_holds_of_vanished_tasks(ledger: QuotaLedger) -> None:
     assert report["today"]["cost"] == pytest.approx(0.01)  # the pushed one is booked at its worst case
 
 
+def test_a_waiting_task_frees_the_tokens_of_batches_that_ended_before_their_task_saw_it(ledger: QuotaLedger) -> None:
+    for task, local_id, remote in (("a", 1, "batch_a1"), ("a", 2, "batch_a2"), ("b", 1, "batch_b1")):
+        assert ledger.reserve(hold(task, local_id, 700, cost=0.01, at=time.time() - 10 * local_id)).granted
+        ledger.mark_pushed(task, local_id, remote)
+    assert ledger.reserve(hold("b", 2, 700, cost=0.01, at=time.time() - 60)).granted  # not created yet: not asked
+    statuses = {"batch_a1": "in_progress", "batch_a2": "completed", "batch_b1": "completed"}
+    asked: list[str] = []
+
+    def status(h: Hold) -> str | None:
+        asked.append(h.remote_id)
+        return statuses[h.remote_id]
+
+    # "c" needs 900 tokens (2,800 of 3,000 held): the oldest ended batch is enough, the others are not asked
+    assert ledger.free_ended(MODEL, status, exclude_task="c", needed=900) == ["holds/a/000002"]
+    assert asked == ["batch_a2"]
+    report = ledger.report()["models"][MODEL]
+    assert report["tokens_in_flight"] == 2100 and report["held_cost"] == pytest.approx(0.04)  # cost still held
+    # a task that looks up nothing it can see (errors answer None) frees nothing
+    assert ledger.free_ended(MODEL, lambda h: None, exclude_task="c", needed=5000) == []
+    # the holder's own sync later finds the tokens at 0 and settles the actual cost when it has processed
+    ledger.sync_task("a", {1: ("pushed", 0.0, 0), 2: ("done", 0.0, 0)})
+    assert ledger.report()["models"][MODEL]["tokens_in_flight"] == 2100
+    ledger.sync_task("a", {1: ("pushed", 0.0, 0), 2: ("processed", 0.004, 800)})
+    report = ledger.report()["models"][MODEL]
+    assert report["tokens_in_flight"] == 2100 and report["today"]["cost"] == pytest.approx(0.004)
+    assert report["held_cost"] == pytest.approx(0.03)
+
+
 def _worker(url: str, task: str, rounds: int, seed: int, out) -> None:
     rng = random.Random(seed)
     led = QuotaLedger(url)
