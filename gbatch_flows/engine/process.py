@@ -11,11 +11,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 import openai
 import orjson
 
 from gbatch_flows import api, costs, endpoints
+from gbatch_flows.remote_errors import httpx_transport_errors
 from gbatch_flows.engine import limits
 from gbatch_flows.engine.assemble import SIDECAR_FIELDS
 from gbatch_flows.engine.context import Engine, EngineStop
@@ -315,7 +315,7 @@ def process_batch(engine: Engine, batch: BatchRecord, force_retry: str | None = 
             log.warning("results of batch %d are gone from the server (%s): its requests will be retried",
                         batch.local_id, api.describe_exception(exc))
             empty = True
-        except (openai.OpenAIError, httpx.TransportError) as exc:  # a connection lost mid-download too
+        except (openai.OpenAIError, *httpx_transport_errors()) as exc:  # a connection lost mid-download too
             log.warning("download of batch %d results failed, will retry: %s", batch.local_id,
                         api.describe_exception(exc))
             return False
