@@ -97,6 +97,7 @@ if PAUSE_GC:
 
     imports_loaded()
 T_IMPORTED = time.perf_counter()
+CPU_IMPORTED = self_cpu_seconds()  # CPU of this process so far (interpreter start-up and imports)
 TARGET_RSS_MB = 1000.0
 TARGET_RESTART_S = 2.0
 
@@ -127,6 +128,7 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
         if message.startswith(("pushed batch", "adopt")) and "first_pushed" not in marks:
             marks["first_pushed"] = time.perf_counter()  # the remote batch exists and is recorded
             marks["first_pushed_rss"] = self_peak_rss_mb()
+            marks["first_pushed_cpu"] = self_cpu_seconds()
             if args.until_first_push:
                 raise FirstPushed
 
@@ -151,14 +153,15 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
     wall = time.perf_counter() - t_engine
 
     def since(t0: float) -> dict[str, float]:
-        return {k: v - t0 for k, v in marks.items() if not k.endswith("_rss")}
+        return {k: v - t0 for k, v in marks.items() if not k.endswith(("_rss", "_cpu"))}
 
     return {
         "n": args.n, "label": args.label, "status": summary.status, "reason": summary.reason,
         "counts": summary.counts, "records": records, "generation": generation, "commits": commits[0],
         "import_s": T_IMPORTED - T_PROCESS_START, "engine_start_s": t_engine - T_PROCESS_START,
         "from_process": since(T_PROCESS_START), "from_engine": since(t_engine),
-        "first_pushed_rss": marks.get("first_pushed_rss"),
+        "first_pushed_rss": marks.get("first_pushed_rss"), "import_cpu": CPU_IMPORTED,
+        "first_pushed_cpu": marks.get("first_pushed_cpu"),
         "wall": wall, "cpu": self_cpu_seconds() - cpu0, "rss_imported": rss_imported, "peak_rss": self_peak_rss_mb(),
         "stages": {name: {"wall": t.seconds, "cpu": t.cpu, "calls": t.calls, "peak_mb": t.peak_mb,
                           "growth_mb": t.peak_growth_mb} for name, t in timer.timings.items() if t.calls},
@@ -334,6 +337,7 @@ def big_part(args: argparse.Namespace, root: Path) -> bool:
 def base_tree(base_root: Path, into: Path) -> tuple[str, dict[str, str]]:
     """This bench (script + _common) over another checkout's ``gbatch_flows`` and ``flows`` (symlinked), so both
     sides run the same harness; returns (script, env) for ``spawn``."""
+    shutil.rmtree(into, ignore_errors=True)
     (into / "bench").mkdir(parents=True)
     here = Path(__file__).resolve().parent
     for name in ("scale.py", "_common.py"):
@@ -350,11 +354,29 @@ def with_pyc_cache(env: dict[str, str] | None, folder: Path) -> dict[str, str]:
     return out
 
 
+#: The restarts' emulator: a batch takes 22 hours, so the batches the restarts create run at ~1 request/s instead of
+#: at full speed (with --batch-duration 0 each would keep a core busy for ~20 s, during the next restarts).
+RESTART_EMULATOR = ("--batch-duration", "80000")
+
 RESTART_FIGURES = (("imports s", lambda r: r["import_s"]),
                    ("process start -> 1st pushing s", lambda r: r["from_process"].get("first_pushing")),
                    ("process start -> 1st pushed s", lambda r: r["from_process"].get("first_pushed")),
                    ("engine start -> 1st pushed s", lambda r: r["from_engine"].get("first_pushed")),
-                   ("engine CPU, engine start -> stop s", lambda r: r["cpu"]))
+                   ("CPU: process start -> imports done s", lambda r: r["import_cpu"]),
+                   ("CPU: process start -> 1st pushed s", lambda r: r["first_pushed_cpu"]),
+                   ("CPU: imports done -> 1st pushed s", lambda r: r["first_pushed_cpu"] - r["import_cpu"]))
+
+
+def _or_none(get: Any) -> Any:
+    """``get`` that gives None where a figure is missing (a restart after a kill commits no new push intent)."""
+
+    def safe(r: dict[str, Any]) -> float | None:
+        try:
+            return get(r)
+        except (KeyError, TypeError):
+            return None
+
+    return safe
 
 
 def restarts_part(args: argparse.Namespace, root: Path, first_dir: Path, n: int) -> bool:
@@ -372,13 +394,13 @@ def restarts_part(args: argparse.Namespace, root: Path, first_dir: Path, n: int)
     load = [os.getloadavg()[0]]
     kind = "SIGKILL mid-push" if args.kill else "clean stop"
     with contextlib.ExitStack() as stack:
-        shared = None if args.kill else stack.enter_context(EmulatorProcess("--batch-duration", "0"))
+        shared = None if args.kill else stack.enter_context(EmulatorProcess(*RESTART_EMULATOR))
         for i in range(args.restarts + (1 if args.pyc_cache else 0)):  # --pyc-cache: round 0 fills the caches
             for name, script, env in variants if i % 2 == 0 else variants[::-1]:
                 copy = root / f"restart-{name}-{i}"
                 subprocess.run(["cp", "-al", str(first_dir), str(copy)], check=True)
                 try:
-                    with contextlib.nullcontext(shared) if shared else EmulatorProcess("--batch-duration", "0") as emu:
+                    with contextlib.nullcontext(shared) if shared else EmulatorProcess(*RESTART_EMULATOR) as emu:
                         if args.kill:
                             spawn(args, n, str(copy), emu.base_url, f"killed-{name}", args.session_requests,
                                   extra=("--kill-at-intent",), script=script, env=env, killed=True)
@@ -398,9 +420,9 @@ def restarts_part(args: argparse.Namespace, root: Path, first_dir: Path, n: int)
         header += ("new / base (medians)",)
     rows = [header]
     for label, get in RESTART_FIGURES:
-        medians = {name: statistics.median(get(r) for r in rs) for name, rs in runs.items()}
-        cells = [f"{medians[name]:.2f} [{min(get(r) for r in rs):.2f}-{max(get(r) for r in rs):.2f}]"
-                 for name, rs in runs.items()]
+        values = {name: [v for v in map(_or_none(get), rs) if v is not None] for name, rs in runs.items()}
+        medians = {name: statistics.median(vs) if vs else None for name, vs in values.items()}
+        cells = [f"{medians[name]:.2f} [{min(vs):.2f}-{max(vs):.2f}]" if vs else "-" for name, vs in values.items()]
         if "base" in runs:
             cells.append(_ratio(medians["new"], medians["base"]))
         rows.append((label, *cells))
