@@ -15,7 +15,6 @@ import openai
 import orjson
 
 from gbatch_flows import api, costs, endpoints
-from gbatch_flows.remote_errors import httpx_transport_errors
 from gbatch_flows.engine import limits
 from gbatch_flows.engine.assemble import SIDECAR_FIELDS
 from gbatch_flows.engine.context import Engine, EngineStop
@@ -23,6 +22,7 @@ from gbatch_flows.engine.generate import request_dict, write_segment
 from gbatch_flows.engine.protocol import Processed, ResponseInvalid, Result
 from gbatch_flows.engine.state import TASK, TOTALS, Changes, segment_key, session_key
 from gbatch_flows.models import BatchRecord, LazyRequest, Outcomes, Request, ResultLine, Spend, Usage
+from gbatch_flows.remote_errors import httpx_transport_errors
 from gbatch_flows.status import CompletionStats
 from gbatch_flows.store import BlobRef
 
