@@ -25,14 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 from pydantic import BaseModel, Field
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-
-from openai.lib._parsing._completions import type_to_response_format_param  # noqa: E402
 
 from flows.char_codes import SYSTEM, CharInfo, user_prompt  # noqa: E402
 from gbatch_flows import launch  # noqa: E402
@@ -67,6 +64,8 @@ class BenchChars(Task):
 
     def generate_requests(self, meta: dict[str, Any]):
         points = printable_points()
+        from openai.lib._parsing._completions import type_to_response_format_param
+
         response_format = type_to_response_format_param(CharInfo)  # the same dict chat_request builds per call
         per_call = bool(meta.get("per_call_schema"))
         for i in range(int(meta["n"])):
@@ -189,12 +188,16 @@ class EmulatorProcess:
     def warm_up(self, body: dict[str, Any]) -> float:
         """One chat request before the measured run (the emulator's first answer loads its tokenizer and responder:
         seconds on a loaded machine, a stall no pacer can make up); returns its latency."""
+        import httpx  # here: the engine's own imports are what the bench times (bench/scale.py)
+
         start = time.perf_counter()
         httpx.post(f"{self.base_url}/chat/completions", json=body, timeout=120,
                    headers={"Authorization": f"Bearer {DUMMY_KEY}"}).raise_for_status()
         return time.perf_counter() - start
 
     def stats(self) -> dict[str, Any]:
+        import httpx
+
         root = self.base_url.removesuffix("/v1")
         return httpx.get(f"{root}/_emulator/stats", timeout=30).json()
 

@@ -20,6 +20,15 @@ minus the local run's; scaled linearly to 1,000,000 requests.
     python bench/scale.py                                  # 10M (generate ~10 min here) + S3 at 200,000
     python bench/scale.py --n 1000000 --s3-n 0             # quick-ish: 1M, no S3
     python bench/scale.py --n 300 --session-requests 100 --batch-requests 50 --s3-n 300   # seconds (the test)
+
+Restarts (``--restarts K``, instead of the parts above): a first start of ``--n`` requests in ``<dir>/first``
+(reused when ``--dir`` names a folder that has one), then K restarts per variant, each on a hard-linked copy of that
+folder and stopped right after its first remote batch is recorded: this checkout's code, and with ``--base-root``
+another checkout's (same harness), interleaved. ``--pyc-cache``: bytecode written and reused, as after an install
+(the environment may set PYTHONDONTWRITEBYTECODE). ``--kill``: each restart follows a run SIGKILLed right after
+committing its first push intent (the batch left ``pushing``, the lease held by a dead process).
+
+    python bench/scale.py --n 1000000 --restarts 5 --base-root /work/main --dir /tmp/restarts
 """
 
 from __future__ import annotations
@@ -40,11 +49,21 @@ def _process_age_s() -> float:
 
 T_PROCESS_START = time.perf_counter() - _process_age_s()
 
+import gc  # noqa: E402
+import importlib.util  # noqa: E402
+
+# as the CLI entry (flows/*.py) of the code under test does, if it does: no cyclic collection during the imports
+PAUSE_GC = importlib.util.find_spec("gbatch_flows.startup") is not None
+if PAUSE_GC:
+    gc.disable()
+
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import shutil  # noqa: E402
+import signal  # noqa: E402
+import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -68,12 +87,17 @@ from _common import (  # noqa: E402
 )
 
 from gbatch_flows.engine.output import write_output  # noqa: E402
-from gbatch_flows.engine.runner import run_engine  # noqa: E402
+from gbatch_flows.engine.runner import RunSummary, run_engine  # noqa: E402
 from gbatch_flows.launch import open_engine, prepare  # noqa: E402
 from gbatch_flows.store import open_store  # noqa: E402
 from gbatch_flows.testing.moto import create_bucket, storage_options_for  # noqa: E402
 
+if PAUSE_GC:
+    from gbatch_flows.startup import imports_loaded  # noqa: E402
+
+    imports_loaded()
 T_IMPORTED = time.perf_counter()
+CPU_IMPORTED = self_cpu_seconds()  # CPU of this process so far (interpreter start-up and imports)
 TARGET_RSS_MB = 1000.0
 TARGET_RESTART_S = 2.0
 
@@ -99,9 +123,14 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
         message = state.manifest.message
         if message.startswith("push intent batch") and "first_pushing" not in marks:
             marks["first_pushing"] = time.perf_counter()  # the intent is committed: the upload starts
+            if args.kill_at_intent:  # a crash mid-push: the batch stays `pushing`, the lease stays held
+                os.kill(os.getpid(), signal.SIGKILL)
         if message.startswith(("pushed batch", "adopt")) and "first_pushed" not in marks:
             marks["first_pushed"] = time.perf_counter()  # the remote batch exists and is recorded
             marks["first_pushed_rss"] = self_peak_rss_mb()
+            marks["first_pushed_cpu"] = self_cpu_seconds()
+            if args.until_first_push:
+                raise FirstPushed
 
     rss_imported = self_peak_rss_mb()
     cpu0 = self_cpu_seconds()
@@ -112,7 +141,10 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
             engine.on_commit.append(on_commit)
             prepare(engine, task)
             marks["prepared"] = time.perf_counter()
-            summary = run_engine(engine)
+            try:
+                summary = run_engine(engine)
+            except FirstPushed:  # (--until-first-push) the pushed commit is done; the lease is released on exit
+                summary = RunSummary("stopped", "first remote batch created", engine.state.generation)
             marks["ran"] = time.perf_counter()
             if summary.status == "finished":
                 _, records = write_output(engine.store, engine.state, task.output_name)
@@ -121,22 +153,27 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
     wall = time.perf_counter() - t_engine
 
     def since(t0: float) -> dict[str, float]:
-        return {k: v - t0 for k, v in marks.items() if not k.endswith("_rss")}
+        return {k: v - t0 for k, v in marks.items() if not k.endswith(("_rss", "_cpu"))}
 
     return {
         "n": args.n, "label": args.label, "status": summary.status, "reason": summary.reason,
         "counts": summary.counts, "records": records, "generation": generation, "commits": commits[0],
         "import_s": T_IMPORTED - T_PROCESS_START, "engine_start_s": t_engine - T_PROCESS_START,
         "from_process": since(T_PROCESS_START), "from_engine": since(t_engine),
-        "first_pushed_rss": marks.get("first_pushed_rss"),
+        "first_pushed_rss": marks.get("first_pushed_rss"), "import_cpu": CPU_IMPORTED,
+        "first_pushed_cpu": marks.get("first_pushed_cpu"),
         "wall": wall, "cpu": self_cpu_seconds() - cpu0, "rss_imported": rss_imported, "peak_rss": self_peak_rss_mb(),
         "stages": {name: {"wall": t.seconds, "cpu": t.cpu, "calls": t.calls, "peak_mb": t.peak_mb,
                           "growth_mb": t.peak_growth_mb} for name, t in timer.timings.items() if t.calls},
         "store": {"read": counts.read, "written": counts.written, "files_written": counts.files_written,
                   "files_read": counts.files_read, "written_by": counts.by_prefix_written,
                   "read_by": dict(_by_folder(counts.by_path_read)), "calls": counts.calls, "seconds": counts.seconds},
-        "url": url,
+        "url": url, "code": str(Path(sys.modules["gbatch_flows"].__file__ or "").resolve().parent.parent),
     }
+
+
+class FirstPushed(Exception):  # noqa: N818 - not an error: ends a --until-first-push run
+    """Raised by the commit hook once the first remote batch is recorded."""
 
 
 def _by_folder(by_path: dict[str, int]) -> Iterator[tuple[str, int]]:
@@ -148,13 +185,20 @@ def _by_folder(by_path: dict[str, int]) -> Iterator[tuple[str, int]]:
 
 
 def spawn(args: argparse.Namespace, n: int, task_dir: str, base_url: str, label: str, session_requests: int,
-          endpoint: str = "") -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--phase", "run", "--n", str(n), "--dir", task_dir, "--base-url", base_url,
+          endpoint: str = "", extra: tuple[str, ...] = (), script: str = __file__, env: dict[str, str] | None = None,
+          killed: bool = False) -> dict[str, Any]:
+    """One run in a fresh child process (``script``, ``env``: the base code's copy); its figures. ``killed``: the
+    child SIGKILLs itself (``--kill-at-intent``), nothing is returned."""
+    cmd = [sys.executable, script, "--phase", "run", "--n", str(n), "--dir", task_dir, "--base-url", base_url,
            "--label", label, "--session-requests", str(session_requests),
-           "--batch-requests", str(args.batch_requests)]
+           "--batch-requests", str(args.batch_requests), *extra]
     if endpoint:
         cmd += ["--endpoint", endpoint]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
+    if killed:
+        if done.returncode != -signal.SIGKILL:
+            raise RuntimeError(f"run {label} was not killed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+        return {}
     if done.returncode != 0:
         raise RuntimeError(f"run {label} failed (exit {done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -287,6 +331,121 @@ def big_part(args: argparse.Namespace, root: Path) -> bool:
     return ok
 
 
+# ------------------------------------------------------------------------------- restarts: this code vs a base
+
+
+def base_tree(base_root: Path, into: Path) -> tuple[str, dict[str, str]]:
+    """This bench (script + _common) over another checkout's ``gbatch_flows`` and ``flows`` (symlinked), so both
+    sides run the same harness; returns (script, env) for ``spawn``."""
+    shutil.rmtree(into, ignore_errors=True)
+    (into / "bench").mkdir(parents=True)
+    here = Path(__file__).resolve().parent
+    for name in ("scale.py", "_common.py"):
+        shutil.copy(here / name, into / "bench" / name)
+    for name in ("gbatch_flows", "flows"):
+        (into / name).symlink_to(base_root.resolve() / name)
+    return str(into / "bench" / "scale.py"), {**os.environ, "PYTHONPATH": str(into)}
+
+
+def with_pyc_cache(env: dict[str, str] | None, folder: Path) -> dict[str, str]:
+    """Bytecode written and reused (in ``folder``, not in the checkout), as after ``pip install``."""
+    out = {**(env or os.environ), "PYTHONPYCACHEPREFIX": str(folder)}
+    out.pop("PYTHONDONTWRITEBYTECODE", None)
+    return out
+
+
+#: The restarts' emulator: a batch takes 22 hours, so the batches the restarts create run at ~1 request/s instead of
+#: at full speed (with --batch-duration 0 each would keep a core busy for ~20 s, during the next restarts).
+RESTART_EMULATOR = ("--batch-duration", "80000")
+
+RESTART_FIGURES = (("imports s", lambda r: r["import_s"]),
+                   ("process start -> 1st pushing s", lambda r: r["from_process"].get("first_pushing")),
+                   ("process start -> 1st pushed s", lambda r: r["from_process"].get("first_pushed")),
+                   ("engine start -> 1st pushed s", lambda r: r["from_engine"].get("first_pushed")),
+                   ("CPU: process start -> imports done s", lambda r: r["import_cpu"]),
+                   ("CPU: process start -> 1st pushed s", lambda r: r["first_pushed_cpu"]),
+                   ("CPU: imports done -> 1st pushed s", lambda r: r["first_pushed_cpu"] - r["import_cpu"]))
+
+
+def _or_none(get: Any) -> Any:
+    """``get`` that gives None where a figure is missing (a restart after a kill commits no new push intent)."""
+
+    def safe(r: dict[str, Any]) -> float | None:
+        try:
+            return get(r)
+        except (KeyError, TypeError):
+            return None
+
+    return safe
+
+
+def restarts_part(args: argparse.Namespace, root: Path, first_dir: Path, n: int) -> bool:
+    """``--restarts`` restarts of the first start's folder per variant (this code; ``--base-root``'s too), each on
+    its own hard-linked copy (every store write makes a new file, so copies never share a change), stopped right
+    after their first remote batch is recorded; variants interleaved ABBA. ``--kill``: before each restart, a run
+    of the same variant is SIGKILLed right after its first push intent is committed (a batch left ``pushing``, the
+    lease held by a dead pid), each such pair against a fresh emulator (a copy's twin batch must not be adopted)."""
+    variants: list[tuple[str, str, dict[str, str] | None]] = [("new", __file__, None)]
+    if args.base_root:
+        variants.append(("base", *base_tree(Path(args.base_root), root / "base-tree")))
+    if args.pyc_cache:
+        variants = [(name, script, with_pyc_cache(env, root / f"pyc-{name}")) for name, script, env in variants]
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in variants}
+    load = [os.getloadavg()[0]]
+    kind = "SIGKILL mid-push" if args.kill else "clean stop"
+    with contextlib.ExitStack() as stack:
+        shared = None if args.kill else stack.enter_context(EmulatorProcess(*RESTART_EMULATOR))
+        for i in range(args.restarts + (1 if args.pyc_cache else 0)):  # --pyc-cache: round 0 fills the caches
+            for name, script, env in variants if i % 2 == 0 else variants[::-1]:
+                copy = root / f"restart-{name}-{i}"
+                subprocess.run(["cp", "-al", str(first_dir), str(copy)], check=True)
+                try:
+                    with contextlib.nullcontext(shared) if shared else EmulatorProcess(*RESTART_EMULATOR) as emu:
+                        if args.kill:
+                            spawn(args, n, str(copy), emu.base_url, f"killed-{name}", args.session_requests,
+                                  extra=("--kill-at-intent",), script=script, env=env, killed=True)
+                        r = spawn(args, n, str(copy), emu.base_url, f"restart-{name}", args.session_requests,
+                                  extra=("--until-first-push",), script=script, env=env)
+                finally:
+                    shutil.rmtree(copy, ignore_errors=True)
+                if not (args.pyc_cache and i == 0):
+                    runs[name].append(r)
+                    load.append(os.getloadavg()[0])
+    print(f"\nrestarts after a {kind}: {args.restarts} per variant on hard-linked copies of the first start's folder "
+          f"({n:,} requests), each stopped at its first remote batch; variants interleaved ABBA; bytecode "
+          f"{'cached (PYTHONPYCACHEPREFIX, written by an uncounted round 0)' if args.pyc_cache else 'as the environment says (PYTHONDONTWRITEBYTECODE=' + os.environ.get('PYTHONDONTWRITEBYTECODE', '') + ')'}; "
+          f"load average {' -> '.join(f'{x:.1f}' for x in load)}")
+    header: tuple[str, ...] = ("figure (median [min-max])",) + tuple(runs)
+    if "base" in runs:
+        header += ("new / base (medians)",)
+    rows = [header]
+    for label, get in RESTART_FIGURES:
+        values = {name: [v for v in map(_or_none(get), rs) if v is not None] for name, rs in runs.items()}
+        medians = {name: statistics.median(vs) if vs else None for name, vs in values.items()}
+        cells = [f"{medians[name]:.2f} [{min(vs):.2f}-{max(vs):.2f}]" if vs else "-" for name, vs in values.items()]
+        if "base" in runs:
+            cells.append(_ratio(medians["new"], medians["base"]))
+        rows.append((label, *cells))
+    print_table(rows, f"restart to the first remote batch ({kind})")
+    for name, rs in runs.items():
+        print(f"{name} ({rs[0]['code'] if rs else '-'}): process start -> 1st pushed, each run: "
+              + ", ".join(f"{r['from_process']['first_pushed']:.2f}" for r in rs))
+    return all(r["from_process"].get("first_pushed") is not None for rs in runs.values() for r in rs)
+
+
+def restart_bench(args: argparse.Namespace, root: Path) -> bool:
+    """``--restarts``: a first start of ``--n`` requests in ``<dir>/first`` (kept and reused when ``--dir`` is
+    given), then ``restarts_part`` on it."""
+    first_dir = root / "first"
+    if not (first_dir / "done.json").exists():
+        shutil.rmtree(first_dir, ignore_errors=True)
+        with EmulatorProcess("--batch-duration", "0") as emu:
+            r = spawn(args, args.n, str(first_dir), emu.base_url, "first", args.session_requests)
+        print(f"first start: {r['status']} ({r['reason'].split(';')[0]}), {r['commits']} commits, wall {r['wall']:.1f} s")
+        (first_dir / "done.json").write_text(json.dumps({"n": args.n, "status": r["status"]}))
+    return restarts_part(args, root, first_dir, args.n)
+
+
 def s3_part(args: argparse.Namespace, root: Path) -> bool:
     n = args.s3_n
     runs: dict[str, dict[str, Any]] = {}
@@ -362,7 +521,18 @@ def main() -> int:
     parser.add_argument("--s3-n", type=int, default=200_000, help="requests of the local vs S3 runs (0: skip)")
     parser.add_argument("--latency-ms", type=float, default=30.0, help="added before every S3 call moto answers")
     parser.add_argument("--dir", help="folder for the task folders (default: a temp dir, deleted afterwards)")
+    parser.add_argument("--restarts", type=int, default=0,
+                        help="instead of the parts above: a first start of --n requests (kept in --dir), then this "
+                        "many restarts to the first remote batch, each on a fresh copy of its folder")
+    parser.add_argument("--base-root", help="with --restarts: also restart with this checkout's code (e.g. main), "
+                        "interleaved, same harness")
+    parser.add_argument("--pyc-cache", action="store_true",
+                        help="with --restarts: children write and reuse bytecode (PYTHONDONTWRITEBYTECODE unset)")
+    parser.add_argument("--kill", action="store_true",
+                        help="with --restarts: each restart follows a run SIGKILLed right after its first push intent")
     parser.add_argument("--phase", choices=["all", "run", "moto"], default="all", help=argparse.SUPPRESS)
+    parser.add_argument("--until-first-push", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--kill-at-intent", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--base-url", help=argparse.SUPPRESS)
     parser.add_argument("--label", default="run", help=argparse.SUPPRESS)
     parser.add_argument("--endpoint", default="", help=argparse.SUPPRESS)
@@ -378,9 +548,11 @@ def main() -> int:
     root = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="gbatch-bench-scale-"))
     ok = True
     try:
-        if args.n:
+        if args.restarts:
+            ok &= restart_bench(args, root)
+        elif args.n:
             ok &= big_part(args, root)
-        if args.s3_n:
+        if args.s3_n and not args.restarts:
             ok &= s3_part(args, root)
     finally:
         if not args.dir:

@@ -9,6 +9,7 @@ less than ``confidence`` of the votes, follow-up requests ask for more, up to ``
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import sys
@@ -16,6 +17,7 @@ import sys
 if __name__ == "__main__":  # Ctrl+C while the imports load (1-2 s): one line, no traceback (main() restores it)
     signal.signal(signal.SIGINT, lambda *_: (print("interrupted while starting: nothing was changed",
                                                    file=sys.stderr, flush=True), os._exit(130)))
+    gc.disable()  # no cyclic collection while the imports load: main() resumes it (gbatch_flows/startup.py)
 
 import hashlib
 import json

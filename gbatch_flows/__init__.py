@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
+from typing import Any
 
 
 def _version() -> str:
     """The installed distribution's version, else the one in the checkout's pyproject.toml."""
+    from importlib.metadata import PackageNotFoundError, version  # here: importing it takes 30-60 ms
+
     try:
         return version("gbatch_flows")
     except PackageNotFoundError:
         import tomllib
+        from pathlib import Path
 
         pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
         try:
@@ -20,4 +22,9 @@ def _version() -> str:
             return "0+unknown"
 
 
-__version__ = _version()
+def __getattr__(name: str) -> Any:
+    """``__version__`` is looked up on first use (a run that does not report it does not pay for it)."""
+    if name == "__version__":
+        globals()["__version__"] = found = _version()
+        return found
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -18,6 +18,7 @@ from pydantic import ValidationError, create_model
 from gbatch_flows.cli_args import parse_options
 from gbatch_flows.failures import PREFECT_TIMEOUT_DEFAULT_S, PREFECT_TIMEOUT_ENV, describe
 from gbatch_flows.options import Options
+from gbatch_flows.startup import imports_loaded
 from gbatch_flows.task import Task
 
 log = logging.getLogger("gbatch_flows")
@@ -101,10 +102,12 @@ def _run(task: Task, options: Options) -> Any:
     if options.no_prefect or options.dryrun or options.no_run:
         from gbatch_flows.runs import run_plain
 
+        imports_loaded()  # the flows/*.py entry paused the garbage collector until the run's modules are loaded
         return run_plain(task, options)
     os.environ.setdefault(PREFECT_TIMEOUT_ENV, PREFECT_TIMEOUT_DEFAULT_S)  # read when Prefect is imported
     from gbatch_flows.flow import run_flow
 
+    imports_loaded()
     if options.log_level.upper() != "DEBUG":
         quiet_prefect_tracebacks()
     return run_flow(task, options)

@@ -16,7 +16,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Union, get_args, get_origin
 
-import yaml
 from pydantic import BaseModel, SecretStr, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
@@ -194,6 +193,8 @@ def _check_keys(data: Mapping[str, Any], model: type[BaseModel], source: str,
 
 def load_config(path: str, model: type[BaseModel] = Options) -> dict[str, Any]:
     """Read a YAML config file whose top-level keys are option names."""
+    import yaml  # here: a run without --config does not load it (0.1 s)
+
     source = f"--config {path}"
     try:
         with open(path, encoding="utf-8") as handle:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import random
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -22,7 +23,6 @@ from enum import StrEnum
 from typing import TypeVar
 from urllib.parse import urlparse
 
-import httpx
 import openai
 
 from gbatch_flows.engine.context import EngineStop
@@ -68,9 +68,17 @@ def is_openai_url(base_url: str | None) -> bool:
     return not base_url or (urlparse(base_url).hostname or "") == "api.openai.com"
 
 
+def httpx_transport_errors() -> tuple[type[BaseException], ...]:
+    """``httpx.TransportError`` once httpx is loaded, else nothing: no httpx error can exist before something
+    imported httpx, and the engine itself does not import it (openai talks through httpx2; httpx and what it pulls
+    in, click and rich, take 0.2-0.3 s to import)."""
+    httpx = sys.modules.get("httpx")
+    return () if httpx is None else (httpx.TransportError,)
+
+
 def classify(exc: BaseException) -> Kind | None:
     """The kind of a remote error, or None when ``exc`` is not an error of the remote API."""
-    if isinstance(exc, (openai.APIConnectionError, httpx.TransportError, ConnectionError, TimeoutError)):
+    if isinstance(exc, (openai.APIConnectionError, ConnectionError, TimeoutError, *httpx_transport_errors())):
         return Kind.TRANSIENT
     if not isinstance(exc, openai.APIStatusError):
         return None

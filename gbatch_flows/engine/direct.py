@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import openai
 import orjson
 
@@ -189,6 +188,8 @@ class DirectRunner:
 
 def _as_exception(answer: Answer, caller: Caller | None, path: str) -> Exception:
     """An answer that is not a success as the openai client's exception (what ``remote_errors`` classifies)."""
+    import httpx  # here: a run that never sends direct requests does not load it
+
     base = getattr(caller, "base_url", "http://remote/v1/")
     request = httpx.Request("POST", f"{str(base).rstrip('/')}/{path}")
     if answer.status is None:

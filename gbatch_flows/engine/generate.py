@@ -7,7 +7,8 @@ import logging
 import time
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -17,7 +18,9 @@ from gbatch_flows.engine.keyset import HashSet
 from gbatch_flows.engine.state import TASK, Changes, TaskState, segment_key
 from gbatch_flows.models import RequestSpec, Segment, TaskInfo
 from gbatch_flows.store import BlobRef
-from gbatch_flows.tokens import get_estimator
+
+if TYPE_CHECKING:
+    from gbatch_flows.tokens import TokenEstimator
 
 log = logging.getLogger("gbatch_flows.engine.generate")
 
@@ -78,12 +81,26 @@ def _with_model(spec: RequestSpec, meta: dict[str, Any]) -> dict[str, Any]:
     return payload
 
 
+_tokens: ModuleType | None = None  # gbatch_flows.tokens once loaded (an import statement per request costs 2 µs)
+
+
+def _estimator() -> TokenEstimator:
+    """The token estimator, imported on first use: a run that only pushes, polls and processes what an earlier run
+    generated (a restart) never loads tiktoken."""
+    global _tokens
+    if _tokens is None:
+        from gbatch_flows import tokens
+
+        _tokens = tokens
+    return _tokens.get_estimator()
+
+
 def request_dict(spec: RequestSpec, meta: dict[str, Any], seq: int, part: int = 0) -> dict[str, Any]:
     """Estimate one request (prompt tokens, worst-case completion) and return its queue record."""
     if not isinstance(spec, RequestSpec):
         spec = RequestSpec.model_validate(spec)
     payload = _with_model(spec, meta)
-    tokens = get_estimator().estimate(spec.endpoint, payload, custom_id=spec.key).total
+    tokens = _estimator().estimate(spec.endpoint, payload, custom_id=spec.key).total
     ratio = float(meta.get("completion_ratio") or costs.DEFAULT_COMPLETION_RATIO)
     return {
         "seq": seq, "key": spec.key, "endpoint": spec.endpoint, "payload": payload, "meta": spec.meta,

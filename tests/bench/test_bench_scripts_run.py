@@ -18,6 +18,10 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
     ("tokens.py", ["--n", "300"], "baseline"),
     ("scale.py", ["--n", "300", "--session-requests", "100", "--batch-requests", "50", "--s3-n", "200",
                   "--latency-ms", "5"], "time the store adds"),
+    ("scale.py", ["--n", "300", "--session-requests", "100", "--batch-requests", "50", "--restarts", "2",
+                  "--base-root", str(BENCH.parent)], "restart to the first remote batch (clean stop)"),
+    ("scale.py", ["--n", "300", "--session-requests", "100", "--batch-requests", "50", "--restarts", "1",
+                  "--kill"], "restart to the first remote batch (SIGKILL mid-push)"),
 ])
 def test_bench_script_runs(script: str, args: list[str], expect: str, tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, str(BENCH / script), *args], cwd=tmp_path, capture_output=True, text=True,
