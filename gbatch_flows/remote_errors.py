@@ -68,17 +68,19 @@ def is_openai_url(base_url: str | None) -> bool:
     return not base_url or (urlparse(base_url).hostname or "") == "api.openai.com"
 
 
-def httpx_transport_errors() -> tuple[type[BaseException], ...]:
-    """``httpx.TransportError`` once httpx is loaded, else nothing: no httpx error can exist before something
-    imported httpx, and the engine itself does not import it (openai talks through httpx2; httpx and what it pulls
-    in, click and rich, take 0.2-0.3 s to import)."""
-    httpx = sys.modules.get("httpx")
-    return () if httpx is None else (httpx.TransportError,)
+def transport_errors() -> tuple[type[BaseException], ...]:
+    """The ``TransportError`` classes of the HTTP libraries that are loaded: ``httpx2`` (what openai 3 talks
+    through) and ``httpx`` (older openai releases, s3fs's neighbours). openai wraps them as ``APIConnectionError``
+    only around a request: a connection lost while a streamed body is read (a results download) raises the
+    library's own error. Looked up in ``sys.modules``: no such error exists before its library is imported, and
+    importing httpx (with click and rich) costs 0.2-0.3 s."""
+    return tuple(module.TransportError for name in ("httpx2", "httpx")
+                 if (module := sys.modules.get(name)) is not None)
 
 
 def classify(exc: BaseException) -> Kind | None:
     """The kind of a remote error, or None when ``exc`` is not an error of the remote API."""
-    if isinstance(exc, (openai.APIConnectionError, ConnectionError, TimeoutError, *httpx_transport_errors())):
+    if isinstance(exc, (openai.APIConnectionError, ConnectionError, TimeoutError, *transport_errors())):
         return Kind.TRANSIENT
     if not isinstance(exc, openai.APIStatusError):
         return None

@@ -22,7 +22,7 @@ from gbatch_flows.engine.generate import request_dict, write_segment
 from gbatch_flows.engine.protocol import Processed, ResponseInvalid, Result
 from gbatch_flows.engine.state import TASK, TOTALS, Changes, segment_key, session_key
 from gbatch_flows.models import BatchRecord, LazyRequest, Outcomes, Request, ResultLine, Spend, Usage
-from gbatch_flows.remote_errors import httpx_transport_errors
+from gbatch_flows.remote_errors import transport_errors
 from gbatch_flows.status import CompletionStats
 from gbatch_flows.store import BlobRef
 
@@ -309,7 +309,7 @@ def process_batch(engine: Engine, batch: BatchRecord, force_retry: str | None = 
     if batch.results_ref is not None:
         ref = BlobRef.model_validate(batch.results_ref)
     elif batch.output_file_id or batch.error_file_id:
-        retryable: tuple[type[BaseException], ...] = (openai.OpenAIError, *httpx_transport_errors())
+        retryable: tuple[type[BaseException], ...] = (openai.OpenAIError, *transport_errors())
         try:
             ref = download_results(engine, batch)
         except openai.NotFoundError as exc:

@@ -1,5 +1,6 @@
 """A small HTTP proxy in front of the emulator (or the S3 emulator) that injects faults per stage: an answer with
-a given status, a dropped connection, a slow answer, for a while or until cleared.
+a given status, a dropped connection, a slow answer, an answer cut off halfway through its body, for a while or
+until cleared.
 
 Stages are matched on (method, path): ``STAGES`` lists the calls of each stage of a run.
 """
@@ -35,7 +36,8 @@ DECODED = HOP_BY_HOP | {"content-encoding"}  # httpx hands the answer's body ove
 @dataclass
 class Fault:
     stage: str
-    kind: str  # "status", "drop", "slow", "empty" (an empty list page: a remote that lost everything)
+    kind: str  # "status", "drop", "slow", "empty" (an empty list page: a remote that lost everything), "cut" (the
+    # connection closes halfway through the answer's body)
     status: int = 500
     delay_s: float = 0.0
     until: float | None = None  # time.monotonic() deadline; None = until cleared
@@ -118,6 +120,11 @@ class FaultProxy:
                 length = answer.headers.get("content-length", "0") if self.command == "HEAD" else str(len(data))
                 self.send_header("Content-Length", length)
                 self.end_headers()
+                if fault is not None and fault.kind == "cut":  # headers promise it all, half of it comes
+                    self.wfile.write(data[: len(data) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
                 if self.command != "HEAD":
                     self.wfile.write(data)
 

@@ -27,7 +27,7 @@ from gbatch_flows.store import open_store
 from gbatch_flows.store.local import LocalBackend
 
 from .fault_proxy import Fault, fault_proxy
-from .harness import DUMMY_KEY, PRICE_FLAGS, assert_complete_output, cli_args
+from .harness import DUMMY_KEY, PRICE_FLAGS, TaskDir, assert_complete_output, cli_args
 from .tasks import RelTask
 from .test_faults import fault_options
 
@@ -144,6 +144,25 @@ def test_classification() -> None:
     assert classify(status(404, "/v1/batches/batch_1")) is Kind.REQUEST
     assert classify(status(400, "/v1/chat/completions")) is Kind.REQUEST
     assert classify(ValueError("not remote")) is None
+
+
+# ---------------------------------------------------------------- a download cut off halfway
+
+
+def test_results_download_cut_off_halfway_is_retried(tmp_path: Path) -> None:
+    """The connection drops in the middle of a results file (the status and headers arrived): openai's client does
+    not wrap what its HTTP library raises then. The download is retried, nothing is processed twice."""
+    with run_emulator(EmulatorConfig(batch_duration=0.05)) as emu, fault_proxy(emulator_root(emu.base_url)) as proxy:
+        cut = proxy.add(Fault("download", "cut", times=2))
+        task_dir = str(tmp_path / "tasks")
+        summary = run_plain(RelTask({"n_requests": N}), fault_options(task_dir, proxy.url + "/v1",
+                                                                      max_batch_requests=10))
+        batches = emu.stats()["batches_created"]
+    assert cut.hits == 2
+    assert summary.status == "finished", summary
+    folder = TaskDir("local", task_dir)
+    assert_complete_output(folder.output(), N)
+    assert batches == len(folder.state().batches)  # nothing pushed again
 
 
 # ---------------------------------------------------------------- a remote that loses batches
