@@ -21,6 +21,7 @@ from gbatch_flows.engine.assemble import SIDECAR_FIELDS
 from gbatch_flows.engine.context import Engine, EngineStop
 from gbatch_flows.engine.generate import request_dict, write_segment
 from gbatch_flows.engine.protocol import Processed, ResponseInvalid, Result
+from gbatch_flows.engine.results import ResultLines
 from gbatch_flows.engine.state import TASK, TOTALS, Changes, segment_key, session_key
 from gbatch_flows.models import BatchRecord, LazyRequest, Outcomes, Request, ResultLine, Spend, Usage
 from gbatch_flows.status import CompletionStats
@@ -33,6 +34,9 @@ TOKEN_LIMIT_CODE = "token_limit_exceeded"
 TOKEN_LIMIT_MAX_WAIT_S = 600.0
 #: Remote statuses of batches the server did not finish (their requests are requeued; not a pass failure).
 SERVER_LOST = frozenset({"expired", "lost", "cancelled"})
+#: Parse a batch's result lines from its download's chunks instead of reading the stored blob back (a switch for
+#: the tests, which compare both ways).
+PARSE_WHILE_DOWNLOADING = True
 
 
 def usage_of(request: Request, body: dict[str, Any] | None) -> tuple[Usage, bool]:
@@ -47,8 +51,9 @@ def usage_of(request: Request, body: dict[str, Any] | None) -> tuple[Usage, bool
     return usage, True
 
 
-def download_results(engine: Engine, batch: BatchRecord) -> BlobRef:
-    """Output and error files of a remote batch, streamed into one immutable results blob."""
+def download_results(engine: Engine, batch: BatchRecord, lines: ResultLines | None = None) -> BlobRef:
+    """Output and error files of a remote batch, streamed into one immutable results blob (and parsed into ``lines``
+    on the way when given: the blob need not be read back)."""
 
     def chunks() -> Iterator[bytes]:
         for file_id in (batch.output_file_id, batch.error_file_id):
@@ -62,7 +67,8 @@ def download_results(engine: Engine, batch: BatchRecord) -> BlobRef:
                 if tail and tail != b"\n":
                     yield b"\n"
 
-    return engine.store.put_blob(f"results/{batch.local_id:06d}.jsonl", chunks())
+    data = chunks() if lines is None else lines.tee(chunks())
+    return engine.store.put_blob(f"results/{batch.local_id:06d}.jsonl", data)
 
 
 def kept(line: bytes) -> bytes:
@@ -236,19 +242,9 @@ def gc_paused() -> Iterator[None]:
 
 
 def read_results(engine: Engine, ref: BlobRef) -> dict[str, ResultLine]:
-    results: dict[str, ResultLine] = {}
-    malformed = 0
-    for raw in engine.store.iter_lines(ref):
-        if not raw.strip():
-            continue
-        line = api.parse_result_line(raw)
-        if line is None:
-            malformed += 1
-            continue
-        results[line.custom_id] = line
-    if malformed:
-        log.warning("%d malformed result lines in %s: those requests will be retried", malformed, ref.path)
-    return results
+    lines = ResultLines()
+    lines.add_lines(engine.store.iter_lines(ref))
+    return lines.finish(ref.path)
 
 
 def process(engine: Engine) -> list[int]:
@@ -306,11 +302,14 @@ def _release(engine: Engine, batch: BatchRecord, changes: Changes, actual: Spend
 def process_batch(engine: Engine, batch: BatchRecord, force_retry: str | None = None) -> bool:
     """Process one finished batch; False when its results could not be fetched yet (tried again later)."""
     empty = False
+    parsed: ResultLines | None = None
     if batch.results_ref is not None:
         ref = BlobRef.model_validate(batch.results_ref)
     elif batch.output_file_id or batch.error_file_id:
         try:
-            ref = download_results(engine, batch)
+            parsed = ResultLines() if PARSE_WHILE_DOWNLOADING else None
+            with gc_paused():  # the parsed lines stay alive until the batch is committed (see gc_paused)
+                ref = download_results(engine, batch, parsed)
         except openai.NotFoundError as exc:
             log.warning("results of batch %d are gone from the server (%s): its requests will be retried",
                         batch.local_id, api.describe_exception(exc))
@@ -322,9 +321,11 @@ def process_batch(engine: Engine, batch: BatchRecord, force_retry: str | None = 
     else:
         empty = True
     if empty:
+        parsed = None
         ref = engine.store.put_blob(f"results/{batch.local_id:06d}.jsonl", [b""])
     with gc_paused():
-        out = BatchProcessor(engine, batch, force_retry).run(read_results(engine, ref))
+        results = parsed.finish(ref.path) if parsed is not None else read_results(engine, ref)
+        out = BatchProcessor(engine, batch, force_retry).run(results)
     # lost: the server lost the batch, or said it completed and has no results for it (a failed, expired or
     # cancelled batch has no results by nature: those are judged by their own rules)
     lost = batch.remote_status == "lost" or (empty and batch.remote_status == "completed")

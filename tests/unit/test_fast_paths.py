@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import json
 import math
-from types import MappingProxyType
+from types import MappingProxyType, SimpleNamespace
 from typing import Any
 
+import orjson
 import pydantic
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gbatch_flows import endpoints
+from gbatch_flows.engine import output as output_module
+from gbatch_flows.engine.results import ResultLines
 from gbatch_flows.models import RequestSpec, ResultLine, Usage, trusted
 from gbatch_flows.status import CompletionStats, _bucket
+from gbatch_flows.store import open_store
 from gbatch_flows.task import Task
 
 counts = st.one_of(st.integers(-3, 10**7), st.none(), st.booleans(), st.floats(0, 10), st.just("12"))
@@ -150,3 +156,70 @@ def test_queued_lines_give_the_batch_and_sidecar_lines_of_the_parsed_request(
     assert item.parts is None and item.model == payload.get("model", "")
     assert request_lines(item, azure) == (batch_line(request, azure), sidecar_line(request))
 
+
+
+# ----------------------------------------------------------------- results parsed while downloading, output merge
+
+result_lines = st.one_of(
+    st.builds(lambda i, status, content: orjson.dumps({
+        "id": f"r{i}", "custom_id": f"{i}-0-0", "response": {"status_code": status, "request_id": f"q{i}", "body": {
+            "choices": [{"index": 0, "message": {"content": content}}], "usage": {"prompt_tokens": 3}}},
+        "error": None}), st.integers(0, 30), st.sampled_from([200, 500, "200"]), json_text),
+    st.sampled_from([b"", b"   ", b"{not json", b"[1, 2]", b'{"custom_id": 5}', b'{"custom_id": "7-0-0", "error": {"code": "x"}}']),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(lines=st.lists(result_lines, max_size=12), final_newline=st.booleans(), cuts=st.lists(st.integers(0, 4000)))
+def test_results_parsed_while_downloading_equal_the_results_read_back(lines: list[bytes], final_newline: bool,
+                                                                      cuts: list[int]) -> None:
+    data = b"\n".join(lines) + (b"\n" if final_newline else b"")
+    bounds = sorted({0, len(data), *(c for c in cuts if c < len(data))})
+    chunks = [data[a:b] for a, b in itertools.pairwise(bounds)]
+    teed = ResultLines()
+    assert b"".join(teed.tee(chunks)) == data
+    streamed = teed.finish("streamed")
+    stored = open_store("memory://fast-paths-results")
+    ref = stored.put_blob("results/000001.jsonl", data)
+    read_back = ResultLines()
+    read_back.add_lines(stored.iter_lines(ref))
+    assert list(streamed.items()) == list(read_back.finish("read back").items())
+    assert teed.malformed == read_back.malformed
+
+
+def _reference_output(store: Any, refs: list[Any]) -> bytes:
+    """The output file as written before each part line was parsed once: (seq, part, raw) merged, parsed again."""
+    def keyed(ref: Any) -> Any:
+        for raw in store.iter_lines(ref):
+            if raw.strip():
+                obj = orjson.loads(raw)
+                yield obj["seq"], obj["part"], raw
+    merged = heapq.merge(*(keyed(r) for r in refs))
+    return b"".join(orjson.dumps(orjson.loads(raw)["record"]) + b"\n" for _, _, raw in merged)
+
+
+part_entries = st.lists(st.tuples(st.integers(0, 6), st.integers(0, 2), st.sampled_from(["k", "k2"]),
+                                  st.dictionaries(json_text, json_values, max_size=2)), max_size=8)
+
+
+@settings(max_examples=150, deadline=None)
+@given(parts=st.lists(part_entries, min_size=1, max_size=7), fan_in=st.integers(2, 4), chunk=st.integers(1, 5))
+def test_output_written_from_lines_parsed_once_equals_the_reference(parts: list[list[Any]], fan_in: int,
+                                                                     chunk: int) -> None:
+    store = open_store("memory://fast-paths-output")
+    batches = {}
+    for n, entries in enumerate(parts):
+        entries = sorted(entries, key=lambda e: (e[0], e[1]))
+        lines = [orjson.dumps({"seq": s, "key": k, "part": p, "record": r}) for s, p, k, r in entries]
+        ref = store.put_blob(f"output/parts/{n:06d}.jsonl", b"".join(line + b"\n" for line in lines))
+        batches[n] = SimpleNamespace(output_ref=ref.model_dump(mode="json"), failure_output_ref=None)
+    state: Any = SimpleNamespace(batches=batches)
+    refs = output_module.output_parts(state)
+    expected = _reference_output(store, refs)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(output_module, "MERGE_FAN_IN", fan_in)
+        patch.setattr(output_module, "WRITE_CHUNK_RECORDS", chunk)
+        ref, count = output_module.write_output(store, state, "out.jsonl")
+        assert store.read_blob(ref) == expected
+        assert count == expected.count(b"\n")
+        assert [orjson.dumps(r) + b"\n" for r in output_module.records(store, state)] == expected.splitlines(True)
