@@ -301,31 +301,13 @@ def _release(engine: Engine, batch: BatchRecord, changes: Changes, actual: Spend
 
 def process_batch(engine: Engine, batch: BatchRecord, force_retry: str | None = None) -> bool:
     """Process one finished batch; False when its results could not be fetched yet (tried again later)."""
-    empty = False
-    parsed: ResultLines | None = None
-    if batch.results_ref is not None:
-        ref = BlobRef.model_validate(batch.results_ref)
-    elif batch.output_file_id or batch.error_file_id:
-        try:
-            parsed = ResultLines() if PARSE_WHILE_DOWNLOADING else None
-            with gc_paused():  # the parsed lines stay alive until the batch is committed (see gc_paused)
-                ref = download_results(engine, batch, parsed)
-        except openai.NotFoundError as exc:
-            log.warning("results of batch %d are gone from the server (%s): its requests will be retried",
-                        batch.local_id, api.describe_exception(exc))
-            empty = True
-        except (openai.OpenAIError, httpx.TransportError) as exc:  # a connection lost mid-download too
-            log.warning("download of batch %d results failed, will retry: %s", batch.local_id,
-                        api.describe_exception(exc))
+    with gc_paused():  # the parsed results are freed before the collector runs again (see gc_paused)
+        fetched = _fetch_results(engine, batch)
+        if fetched is None:
             return False
-    else:
-        empty = True
-    if empty:
-        parsed = None
-        ref = engine.store.put_blob(f"results/{batch.local_id:06d}.jsonl", [b""])
-    with gc_paused():
-        results = parsed.finish(ref.path) if parsed is not None else read_results(engine, ref)
+        ref, results, empty = fetched
         out = BatchProcessor(engine, batch, force_retry).run(results)
+        del fetched, results
     # lost: the server lost the batch, or said it completed and has no results for it (a failed, expired or
     # cancelled batch has no results by nature: those are judged by their own rules)
     lost = batch.remote_status == "lost" or (empty and batch.remote_status == "completed")
@@ -333,6 +315,29 @@ def process_batch(engine: Engine, batch: BatchRecord, force_retry: str | None = 
     if batch.mode == "batch":
         delete_remote_files(engine, batch)
     return True
+
+
+def _fetch_results(engine: Engine, batch: BatchRecord) -> tuple[BlobRef, dict[str, ResultLine], bool] | None:
+    """``(results blob, its lines by custom_id, whether the batch came back empty)``: the stored results, or the
+    downloaded ones (parsed while they arrive), or an empty blob; None when the download failed (tried again later)."""
+    if batch.results_ref is not None:
+        ref = BlobRef.model_validate(batch.results_ref)
+        return ref, read_results(engine, ref), False
+    if batch.output_file_id or batch.error_file_id:
+        parsed = ResultLines() if PARSE_WHILE_DOWNLOADING else None
+        try:
+            ref = download_results(engine, batch, parsed)
+        except openai.NotFoundError as exc:
+            log.warning("results of batch %d are gone from the server (%s): its requests will be retried",
+                        batch.local_id, api.describe_exception(exc))
+        except (openai.OpenAIError, httpx.TransportError) as exc:  # a connection lost mid-download too
+            log.warning("download of batch %d results failed, will retry: %s", batch.local_id,
+                        api.describe_exception(exc))
+            return None
+        else:
+            return ref, parsed.finish(ref.path) if parsed is not None else read_results(engine, ref), False
+    ref = engine.store.put_blob(f"results/{batch.local_id:06d}.jsonl", [b""])
+    return ref, read_results(engine, ref), True
 
 
 def delete_remote_files(engine: Engine, batch: BatchRecord) -> None:
