@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from gbatch_flows import endpoints
 from gbatch_flows.engine import output as output_module
+from gbatch_flows.engine.parts import PartLines
 from gbatch_flows.engine.results import ResultLines
 from gbatch_flows.models import RequestSpec, ResultLine, Usage, trusted
 from gbatch_flows.status import CompletionStats, _bucket
@@ -223,3 +224,16 @@ def test_output_written_from_lines_parsed_once_equals_the_reference(parts: list[
         assert store.read_blob(ref) == expected
         assert count == expected.count(b"\n")
         assert [orjson.dumps(r) + b"\n" for r in output_module.records(store, state)] == expected.splitlines(True)
+
+
+@settings(max_examples=300, deadline=None)
+@given(entries=st.lists(st.tuples(st.one_of(st.integers(0, 5), st.integers(-2, 2**70)),
+                                  st.one_of(st.integers(0, 3), st.integers(-2, 2**65)), st.binary(max_size=4)),
+                        min_size=1, max_size=30))
+def test_part_lines_sorted_by_packed_keys_equal_the_tuple_sort(entries: list[tuple[int, int, bytes]]) -> None:
+    packed = PartLines()
+    for seq, part, line in entries:
+        packed.add(seq, part, line)
+    expected = sorted(entries, key=lambda t: (t[0], t[1]))
+    assert packed.blob() == b"\n".join(t[2] for t in expected) + b"\n"
+    assert len(packed) == len(entries)
