@@ -7,6 +7,8 @@ Held as two flat lists, the keys packed into ints (``seq << 64 | part``, which s
 
 from __future__ import annotations
 
+from typing import Any
+
 _PART_LIMIT = 1 << 64
 #: Pack the keys into ints (a switch for the tests, which compare with tuple keys).
 PACK_KEYS = True
@@ -18,7 +20,7 @@ class PartLines:
     __slots__ = ("_keys", "_lines", "_packed")
 
     def __init__(self) -> None:
-        self._keys: list[int] | list[tuple[int, int]] = []
+        self._keys: list[Any] = []  # packed ints, or (seq, part) tuples once a key does not pack
         self._lines: list[bytes] = []
         self._packed = PACK_KEYS
 
@@ -28,12 +30,12 @@ class PartLines:
     def add(self, seq: int, part: int, line: bytes) -> None:
         if self._packed:
             if type(seq) is int and type(part) is int and seq >= 0 and 0 <= part < _PART_LIMIT:
-                self._keys.append(seq << 64 | part)  # type: ignore[arg-type]
+                self._keys.append(seq << 64 | part)
                 self._lines.append(line)
                 return
-            self._keys = [divmod(k, _PART_LIMIT) for k in self._keys]  # type: ignore[arg-type]
+            self._keys = [divmod(k, _PART_LIMIT) for k in self._keys]
             self._packed = False
-        self._keys.append((seq, part))  # type: ignore[arg-type]
+        self._keys.append((seq, part))
         self._lines.append(line)
 
     def blob(self) -> bytes:
