@@ -22,7 +22,6 @@ from gbatch_flows.engine.context import Engine, EngineStop
 from gbatch_flows.engine.generate import request_dict, write_segment
 from gbatch_flows.engine.parts import PartLines
 from gbatch_flows.engine.protocol import Processed, ResponseInvalid, Result
-from gbatch_flows.engine.results import ResultLines
 from gbatch_flows.engine.state import TASK, TOTALS, Changes, segment_key, session_key
 from gbatch_flows.models import BatchRecord, LazyRequest, Outcomes, Request, ResultLine, Spend, Usage
 from gbatch_flows.status import CompletionStats
@@ -35,9 +34,6 @@ TOKEN_LIMIT_CODE = "token_limit_exceeded"
 TOKEN_LIMIT_MAX_WAIT_S = 600.0
 #: Remote statuses of batches the server did not finish (their requests are requeued; not a pass failure).
 SERVER_LOST = frozenset({"expired", "lost", "cancelled"})
-#: Parse a batch's result lines from its download's chunks instead of reading the stored blob back (a switch for
-#: the tests, which compare both ways).
-PARSE_WHILE_DOWNLOADING = True
 
 
 def usage_of(request: Request, body: dict[str, Any] | None) -> tuple[Usage, bool]:
@@ -52,9 +48,8 @@ def usage_of(request: Request, body: dict[str, Any] | None) -> tuple[Usage, bool
     return usage, True
 
 
-def download_results(engine: Engine, batch: BatchRecord, lines: ResultLines | None = None) -> BlobRef:
-    """Output and error files of a remote batch, streamed into one immutable results blob (and parsed into ``lines``
-    on the way when given: the blob need not be read back)."""
+def download_results(engine: Engine, batch: BatchRecord) -> BlobRef:
+    """Output and error files of a remote batch, streamed into one immutable results blob."""
 
     def chunks() -> Iterator[bytes]:
         for file_id in (batch.output_file_id, batch.error_file_id):
@@ -68,8 +63,7 @@ def download_results(engine: Engine, batch: BatchRecord, lines: ResultLines | No
                 if tail and tail != b"\n":
                     yield b"\n"
 
-    data = chunks() if lines is None else lines.tee(chunks())
-    return engine.store.put_blob(f"results/{batch.local_id:06d}.jsonl", data)
+    return engine.store.put_blob(f"results/{batch.local_id:06d}.jsonl", chunks())
 
 
 def kept(line: bytes) -> bytes:
@@ -243,9 +237,19 @@ def gc_paused() -> Iterator[None]:
 
 
 def read_results(engine: Engine, ref: BlobRef) -> dict[str, ResultLine]:
-    lines = ResultLines()
-    lines.add_lines(engine.store.iter_lines(ref))
-    return lines.finish(ref.path)
+    results: dict[str, ResultLine] = {}
+    malformed = 0
+    for raw in engine.store.iter_lines(ref):
+        if not raw.strip():
+            continue
+        line = api.parse_result_line(raw)
+        if line is None:
+            malformed += 1
+            continue
+        results[line.custom_id] = line
+    if malformed:
+        log.warning("%d malformed result lines in %s: those requests will be retried", malformed, ref.path)
+    return results
 
 
 def process(engine: Engine) -> list[int]:
@@ -302,13 +306,26 @@ def _release(engine: Engine, batch: BatchRecord, changes: Changes, actual: Spend
 
 def process_batch(engine: Engine, batch: BatchRecord, force_retry: str | None = None) -> bool:
     """Process one finished batch; False when its results could not be fetched yet (tried again later)."""
-    with gc_paused():  # the parsed results are freed before the collector runs again (see gc_paused)
-        fetched = _fetch_results(engine, batch)
-        if fetched is None:
+    empty = False
+    if batch.results_ref is not None:
+        ref = BlobRef.model_validate(batch.results_ref)
+    elif batch.output_file_id or batch.error_file_id:
+        try:
+            ref = download_results(engine, batch)
+        except openai.NotFoundError as exc:
+            log.warning("results of batch %d are gone from the server (%s): its requests will be retried",
+                        batch.local_id, api.describe_exception(exc))
+            empty = True
+        except (openai.OpenAIError, httpx.TransportError) as exc:  # a connection lost mid-download too
+            log.warning("download of batch %d results failed, will retry: %s", batch.local_id,
+                        api.describe_exception(exc))
             return False
-        ref, results, empty = fetched
-        out = BatchProcessor(engine, batch, force_retry).run(results)
-        del fetched, results
+    else:
+        empty = True
+    if empty:
+        ref = engine.store.put_blob(f"results/{batch.local_id:06d}.jsonl", [b""])
+    with gc_paused():
+        out = BatchProcessor(engine, batch, force_retry).run(read_results(engine, ref))
     # lost: the server lost the batch, or said it completed and has no results for it (a failed, expired or
     # cancelled batch has no results by nature: those are judged by their own rules)
     lost = batch.remote_status == "lost" or (empty and batch.remote_status == "completed")
@@ -316,29 +333,6 @@ def process_batch(engine: Engine, batch: BatchRecord, force_retry: str | None = 
     if batch.mode == "batch":
         delete_remote_files(engine, batch)
     return True
-
-
-def _fetch_results(engine: Engine, batch: BatchRecord) -> tuple[BlobRef, dict[str, ResultLine], bool] | None:
-    """``(results blob, its lines by custom_id, whether the batch came back empty)``: the stored results, or the
-    downloaded ones (parsed while they arrive), or an empty blob; None when the download failed (tried again later)."""
-    if batch.results_ref is not None:
-        ref = BlobRef.model_validate(batch.results_ref)
-        return ref, read_results(engine, ref), False
-    if batch.output_file_id or batch.error_file_id:
-        parsed = ResultLines() if PARSE_WHILE_DOWNLOADING else None
-        try:
-            ref = download_results(engine, batch, parsed)
-        except openai.NotFoundError as exc:
-            log.warning("results of batch %d are gone from the server (%s): its requests will be retried",
-                        batch.local_id, api.describe_exception(exc))
-        except (openai.OpenAIError, httpx.TransportError) as exc:  # a connection lost mid-download too
-            log.warning("download of batch %d results failed, will retry: %s", batch.local_id,
-                        api.describe_exception(exc))
-            return None
-        else:
-            return ref, parsed.finish(ref.path) if parsed is not None else read_results(engine, ref), False
-    ref = engine.store.put_blob(f"results/{batch.local_id:06d}.jsonl", [b""])
-    return ref, read_results(engine, ref), True
 
 
 def delete_remote_files(engine: Engine, batch: BatchRecord) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import heapq
-import itertools
 import json
 import math
 from types import MappingProxyType, SimpleNamespace
@@ -18,7 +17,6 @@ from hypothesis import strategies as st
 from gbatch_flows import endpoints
 from gbatch_flows.engine import output as output_module
 from gbatch_flows.engine.parts import PartLines
-from gbatch_flows.engine.results import ResultLines
 from gbatch_flows.models import RequestSpec, ResultLine, Usage, trusted
 from gbatch_flows.status import CompletionStats, _bucket
 from gbatch_flows.store import open_store
@@ -159,34 +157,7 @@ def test_queued_lines_give_the_batch_and_sidecar_lines_of_the_parsed_request(
 
 
 
-# ----------------------------------------------------------------- results parsed while downloading, output merge
-
-result_lines = st.one_of(
-    st.builds(lambda i, status, content: orjson.dumps({
-        "id": f"r{i}", "custom_id": f"{i}-0-0", "response": {"status_code": status, "request_id": f"q{i}", "body": {
-            "choices": [{"index": 0, "message": {"content": content}}], "usage": {"prompt_tokens": 3}}},
-        "error": None}), st.integers(0, 30), st.sampled_from([200, 500, "200"]), json_text),
-    st.sampled_from([b"", b"   ", b"{not json", b"[1, 2]", b'{"custom_id": 5}', b'{"custom_id": "7-0-0", "error": {"code": "x"}}']),
-)
-
-
-@settings(max_examples=300, deadline=None)
-@given(lines=st.lists(result_lines, max_size=12), final_newline=st.booleans(), cuts=st.lists(st.integers(0, 4000)))
-def test_results_parsed_while_downloading_equal_the_results_read_back(lines: list[bytes], final_newline: bool,
-                                                                      cuts: list[int]) -> None:
-    data = b"\n".join(lines) + (b"\n" if final_newline else b"")
-    bounds = sorted({0, len(data), *(c for c in cuts if c < len(data))})
-    chunks = [data[a:b] for a, b in itertools.pairwise(bounds)]
-    teed = ResultLines()
-    assert b"".join(teed.tee(chunks)) == data
-    streamed = teed.finish("streamed")
-    stored = open_store("memory://fast-paths-results")
-    ref = stored.put_blob("results/000001.jsonl", data)
-    read_back = ResultLines()
-    read_back.add_lines(stored.iter_lines(ref))
-    assert list(streamed.items()) == list(read_back.finish("read back").items())
-    assert teed.malformed == read_back.malformed
-
+# ------------------------------------------------------------------------------------ output merge, part lines
 
 def _reference_output(store: Any, refs: list[Any]) -> bytes:
     """The output file as written before each part line was parsed once: (seq, part, raw) merged, parsed again."""
