@@ -16,6 +16,8 @@ from gbatch_flows.engine.state import TaskState
 from gbatch_flows.store import BlobRef, Store
 
 MERGE_FAN_IN = 128
+#: Output records written per chunk (the blob is hashed and written chunk by chunk: the same bytes either way).
+WRITE_CHUNK_RECORDS = 4096
 
 
 def output_parts(state: TaskState) -> list[BlobRef]:
@@ -23,15 +25,23 @@ def output_parts(state: TaskState) -> list[BlobRef]:
             for ref in (b.output_ref, b.failure_output_ref) if ref is not None]
 
 
-def _keyed(store: Store, ref: BlobRef) -> Iterator[tuple[int, int, bytes]]:
+def _keyed(store: Store, ref: BlobRef) -> Iterator[tuple[int, int, bytes, dict]]:
+    """``(seq, part, raw line, parsed line)`` of a part's lines. The merge orders them as it ordered
+    ``(seq, part, raw)``: two entries equal that far hold equal parsed lines, which tuples compare with ``==`` only."""
     for raw in store.iter_lines(ref):
         if raw.strip():
             obj = orjson.loads(raw)
-            yield obj["seq"], obj["part"], raw
+            yield obj["seq"], obj["part"], raw, obj
 
 
 def merged_lines(store: Store, refs: list[BlobRef], tmp_prefix: str = "tmp/merge") -> Iterator[bytes]:
     """Part lines (with their seq/part envelope) in (seq, part) order."""
+    for raw, _ in merged_entries(store, refs, tmp_prefix):
+        yield raw
+
+
+def merged_entries(store: Store, refs: list[BlobRef], tmp_prefix: str = "tmp/merge") -> Iterator[tuple[bytes, dict]]:
+    """``(raw line, parsed line)`` of the part lines in (seq, part) order: each line is parsed once."""
     level = 0
     while len(refs) > MERGE_FAN_IN:
         grouped = []
@@ -40,14 +50,14 @@ def merged_lines(store: Store, refs: list[BlobRef], tmp_prefix: str = "tmp/merge
             path = f"{tmp_prefix}/{level:02d}-{g // MERGE_FAN_IN:06d}.jsonl"
             grouped.append(store.put_blob(path, (t[2] + b"\n" for t in merged)))
         refs, level = grouped, level + 1
-    for _, _, raw in heapq.merge(*(_keyed(store, r) for r in refs)):
-        yield raw
+    for _, _, raw, obj in heapq.merge(*(_keyed(store, r) for r in refs)):
+        yield raw, obj
 
 
 def records(store: Store, state: TaskState) -> Iterator[dict]:
     """The task's output records in order (what downstream code reads back)."""
-    for raw in merged_lines(store, output_parts(state)):
-        yield orjson.loads(raw)["record"]
+    for _, obj in merged_entries(store, output_parts(state)):
+        yield obj["record"]
 
 
 def write_output(store: Store, state: TaskState, path: str) -> tuple[BlobRef, int]:
@@ -56,9 +66,17 @@ def write_output(store: Store, state: TaskState, path: str) -> tuple[BlobRef, in
 
     def lines() -> Iterator[bytes]:
         nonlocal count
-        for raw in merged_lines(store, output_parts(state)):
-            count += 1
-            yield orjson.dumps(orjson.loads(raw)["record"]) + b"\n"
+        dumps = orjson.dumps
+        chunk: list[bytes] = []
+        for _, obj in merged_entries(store, output_parts(state)):
+            chunk.append(dumps(obj["record"]))
+            if len(chunk) >= WRITE_CHUNK_RECORDS:
+                count += len(chunk)
+                yield b"\n".join(chunk) + b"\n"
+                chunk = []
+        if chunk:
+            count += len(chunk)
+            yield b"\n".join(chunk) + b"\n"
 
     ref = store.put_blob(path, lines())
     for tmp in store.list("tmp/merge"):

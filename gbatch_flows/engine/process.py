@@ -19,6 +19,7 @@ from gbatch_flows.engine import limits
 from gbatch_flows.engine.assemble import SIDECAR_FIELDS
 from gbatch_flows.engine.context import Engine, EngineStop
 from gbatch_flows.engine.generate import request_dict, write_segment
+from gbatch_flows.engine.parts import PartLines
 from gbatch_flows.engine.protocol import Processed, ResponseInvalid, Result
 from gbatch_flows.engine.state import TASK, TOTALS, Changes, segment_key, session_key
 from gbatch_flows.models import BatchRecord, LazyRequest, Outcomes, Request, ResultLine, Spend, Usage
@@ -78,8 +79,8 @@ def kept(line: bytes) -> bytes:
 class BatchOutcome:
     outcomes: Outcomes = field(default_factory=Outcomes)
     usage: Usage = field(default_factory=Usage)
-    output: list[tuple[int, int, bytes]] = field(default_factory=list)
-    failure_output: list[tuple[int, int, bytes]] = field(default_factory=list)
+    output: PartLines = field(default_factory=PartLines)
+    failure_output: PartLines = field(default_factory=PartLines)
     requeue: list[dict[str, Any]] = field(default_factory=list)
     failed: list[bytes] = field(default_factory=list)
     next_part: int = 0
@@ -203,7 +204,7 @@ class BatchProcessor:
         target = self.out.failure_output if failure else self.out.output
         for record in records:
             line = orjson.dumps({"seq": request.seq, "key": request.key, "part": request.part, "record": record})
-            target.append((request.seq, request.part, kept(line)))
+            target.add(request.seq, request.part, kept(line))
 
     def _retry(self, request: Request, reason: str) -> None:
         if request.retry < self.options.max_retries:
@@ -346,12 +347,11 @@ def delete_remote_files(engine: Engine, batch: BatchRecord) -> None:
             log.debug("could not delete remote file %s: %s", file_id, api.describe_exception(exc))
 
 
-def _part(store: Any, path: str, lines: list[tuple[int, int, bytes]]) -> BlobRef | None:
+def _part(store: Any, path: str, lines: PartLines) -> BlobRef | None:
     """An output part blob sorted by (seq, part), or None when there is nothing to write."""
-    if not lines:
+    if not len(lines):
         return None
-    lines.sort(key=lambda t: (t[0], t[1]))
-    return store.put_blob(path, [b"\n".join(t[2] for t in lines) + b"\n"])
+    return store.put_blob(path, [lines.blob()])
 
 
 def _commit_processed(engine: Engine, batch: BatchRecord, ref: BlobRef, out: BatchOutcome, failed_batch: bool,

@@ -3,9 +3,10 @@
 The same task runs twice against identically configured emulators (deterministic answers, seeded faults): once as
 is, once with the fast paths switched off (sidecar lines rebuilt as validated ``Request``s with their payloads,
 pydantic models validated instead of built from trusted values, response_format estimates taken the general way,
-queued lines parsed whole). Every stored file the runs wrote (request segments, batch and sidecar
-files, output parts, failures, the output file; not the results, which hold the server's ids and times) and every
-batch's outcomes, usage, cost and completion statistics must be equal.
+queued lines parsed whole, the output file written record by record, output part lines sorted by tuple keys). Every
+stored file the runs wrote (request segments, batch and sidecar files, output parts, failures, the output file; not
+the results, which hold the server's ids and times) and every batch's outcomes, usage, cost and completion
+statistics must be equal.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from gbatch_flows import api, endpoints
 from gbatch_flows import task as task_module
 from gbatch_flows.emulator import EmulatorConfig, run_emulator
 from gbatch_flows.engine import assemble as assemble_module
+from gbatch_flows.engine import output as output_module
+from gbatch_flows.engine import parts as parts_module
 from gbatch_flows.engine import process as process_module
 from gbatch_flows.engine.output import records, write_output
 from gbatch_flows.engine.protocol import Processed, Result
@@ -72,6 +75,8 @@ def _run(tmp_path, fast: bool, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any
                 patch.setattr(module, "trusted", _validated)
             patch.setattr(TokenEstimator, "_format_tokens", lambda self, response_format, ctx: None)
             patch.setattr(assemble_module, "split_line", lambda raw: None)  # queued lines parsed whole
+            patch.setattr(output_module, "WRITE_CHUNK_RECORDS", 1)  # the output file written record by record
+            patch.setattr(parts_module, "PACK_KEYS", False)  # output part lines sorted by (seq, part) tuples
         rule = {"op": "batches.create", "nth": 1, "fault": "lines_malformed", "at": 0.5, "fraction": 0.2}
         with run_emulator(EmulatorConfig(batch_duration=0.05, faults={"seed": 5, "script": [rule]})) as emu:
             options = make_options(tmp_path / ("fast" if fast else "validated"), max_batch_requests=100, max_remote_batches=1,

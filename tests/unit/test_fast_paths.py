@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import heapq
 import json
 import math
-from types import MappingProxyType
+from types import MappingProxyType, SimpleNamespace
 from typing import Any
 
+import orjson
 import pydantic
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gbatch_flows import endpoints
+from gbatch_flows.engine import output as output_module
+from gbatch_flows.engine.parts import PartLines
 from gbatch_flows.models import RequestSpec, ResultLine, Usage, trusted
 from gbatch_flows.status import CompletionStats, _bucket
+from gbatch_flows.store import open_store
 from gbatch_flows.task import Task
 
 counts = st.one_of(st.integers(-3, 10**7), st.none(), st.booleans(), st.floats(0, 10), st.just("12"))
@@ -150,3 +155,56 @@ def test_queued_lines_give_the_batch_and_sidecar_lines_of_the_parsed_request(
     assert item.parts is None and item.model == payload.get("model", "")
     assert request_lines(item, azure) == (batch_line(request, azure), sidecar_line(request))
 
+
+
+# ------------------------------------------------------------------------------------ output merge, part lines
+
+def _reference_output(store: Any, refs: list[Any]) -> bytes:
+    """The output file as written before each part line was parsed once: (seq, part, raw) merged, parsed again."""
+    def keyed(ref: Any) -> Any:
+        for raw in store.iter_lines(ref):
+            if raw.strip():
+                obj = orjson.loads(raw)
+                yield obj["seq"], obj["part"], raw
+    merged = heapq.merge(*(keyed(r) for r in refs))
+    return b"".join(orjson.dumps(orjson.loads(raw)["record"]) + b"\n" for _, _, raw in merged)
+
+
+part_entries = st.lists(st.tuples(st.integers(0, 6), st.integers(0, 2), st.sampled_from(["k", "k2"]),
+                                  st.dictionaries(json_text, json_values, max_size=2)), max_size=8)
+
+
+@settings(max_examples=150, deadline=None)
+@given(parts=st.lists(part_entries, min_size=1, max_size=7), fan_in=st.integers(2, 4), chunk=st.integers(1, 5))
+def test_output_written_from_lines_parsed_once_equals_the_reference(parts: list[list[Any]], fan_in: int,
+                                                                     chunk: int) -> None:
+    store = open_store("memory://fast-paths-output")
+    batches = {}
+    for n, entries in enumerate(parts):
+        entries = sorted(entries, key=lambda e: (e[0], e[1]))
+        lines = [orjson.dumps({"seq": s, "key": k, "part": p, "record": r}) for s, p, k, r in entries]
+        ref = store.put_blob(f"output/parts/{n:06d}.jsonl", b"".join(line + b"\n" for line in lines))
+        batches[n] = SimpleNamespace(output_ref=ref.model_dump(mode="json"), failure_output_ref=None)
+    state: Any = SimpleNamespace(batches=batches)
+    refs = output_module.output_parts(state)
+    expected = _reference_output(store, refs)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(output_module, "MERGE_FAN_IN", fan_in)
+        patch.setattr(output_module, "WRITE_CHUNK_RECORDS", chunk)
+        ref, count = output_module.write_output(store, state, "out.jsonl")
+        assert store.read_blob(ref) == expected
+        assert count == expected.count(b"\n")
+        assert [orjson.dumps(r) + b"\n" for r in output_module.records(store, state)] == expected.splitlines(True)
+
+
+@settings(max_examples=300, deadline=None)
+@given(entries=st.lists(st.tuples(st.one_of(st.integers(0, 5), st.integers(-2, 2**70)),
+                                  st.one_of(st.integers(0, 3), st.integers(-2, 2**65)), st.binary(max_size=4)),
+                        min_size=1, max_size=30))
+def test_part_lines_sorted_by_packed_keys_equal_the_tuple_sort(entries: list[tuple[int, int, bytes]]) -> None:
+    packed = PartLines()
+    for seq, part, line in entries:
+        packed.add(seq, part, line)
+    expected = sorted(entries, key=lambda t: (t[0], t[1]))
+    assert packed.blob() == b"\n".join(t[2] for t in expected) + b"\n"
+    assert len(packed) == len(entries)
