@@ -321,3 +321,16 @@ class ResultLine(_Model):
     body: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     request_id: str | None = None
+
+
+class OrphanRecord(_Model):
+    """A remote batch of this task that no local batch owns (cancelled; its spend reserved, then settled): the
+    manifest's ``orphan/<remote id>`` sections (``engine/reconcile.py`` writes them)."""
+
+    remote_id: str
+    local_id: int | None = None
+    status: str
+    seen_at: float
+    reserved: Spend = Field(default_factory=Spend)
+    settled: Spend | None = None  # set once the batch ended and its usage was counted
+    usage: Usage = Field(default_factory=Usage)

@@ -43,6 +43,7 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.settings import PREFECT_API_URL
 
 from gbatch_flows.engine.shared_rate import SharedRateError
+from gbatch_flows.remote_errors import OutagePolicy
 
 log = logging.getLogger("gbatch_flows.prefect_rate")
 
@@ -54,6 +55,8 @@ STASH_TTL_S = 1.0  # slots taken but unspent for this long are dropped
 MIN_RETRY_S = 0.01
 MAX_STREAK = 2  # after n refusals in a row a run waits n chunks' time (at most this many) before asking again
 MAX_OUTAGE_S = 30.0  # how long the Prefect API may fail (not refuse) before the run stops
+#: The back-off between failed increments: the run's outage rule with waits from 20 ms (a 503 of SQLite) to 2 s.
+PREFECT_OUTAGE = OutagePolicy(max_outage_s=MAX_OUTAGE_S, first_wait_s=0.02, max_wait_s=2.0)
 
 _BANNED = re.compile(r"[/%&<>]")  # characters Prefect refuses in names
 KINDS = {"requests": ("rpm", REQUEST_SLOTS), "tokens": ("tpm", 1)}
@@ -237,7 +240,7 @@ class PrefectRateLimits:
         if now - failing_since >= MAX_OUTAGE_S:
             raise SharedRateError(f"the Prefect API did not answer for {now - failing_since:.0f}s while taking the "
                                   f"rate limit {spec.name!r} ({what})")
-        await asyncio.sleep(min(2.0, 0.02 * 2 ** min(failures, 7)) * random.uniform(0.5, 1.5))
+        await asyncio.sleep(PREFECT_OUTAGE.backoff(min(failures, 7), now - failing_since))
         return failing_since
 
     # --- the limits on the server -----------------------------------------------------------------------------------

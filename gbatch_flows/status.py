@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from gbatch_flows import costs
-from gbatch_flows.engine.state import ORPHAN_PREFIX, UNPROCESSED, TaskState
+from gbatch_flows.engine.state import UNPROCESSED, TaskState
 from gbatch_flows.models import BatchRecord
 
 if TYPE_CHECKING:
@@ -225,10 +225,10 @@ def tuning_line(stats: CompletionStats, meta: Mapping[str, Any]) -> str:
 def orphan_line(state: TaskState) -> str | None:
     """Remote batches of this task that the manifest did not know when a reconcile found them (see
     ``engine/reconcile.py``): cancelled, their cost counted in the task's spend."""
-    records = [v for k, v in state.manifest.sections.items() if k.startswith(ORPHAN_PREFIX)]
+    records = list(state.orphans().values())
     if not records:
         return None
-    running = sum(r.get("settled") is None for r in records)
+    running = sum(r.settled is None for r in records)
     return (f"remote batches found outside the manifest (cancelled, cost counted): {len(records)}"
             + (f", {running} not ended yet (worst case reserved)" if running else ""))
 

@@ -100,6 +100,11 @@ class RateLimiter:
             headers[f"x-ratelimit-reset-{kind}"] = format_reset(bucket.until_full())
         return headers
 
+    def reset(self) -> None:
+        """Every bucket full again, as at start-up (what requests took from them is given back)."""
+        with self._lock:
+            self._buckets.clear()
+
     def peek(self, model: str | None) -> dict[str, str]:
         """The headers for an answer that takes nothing (a 4xx); {} when no limit is set."""
         if not self.enabled:

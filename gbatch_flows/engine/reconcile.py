@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import openai
-from pydantic import BaseModel, ConfigDict, Field
 
 from gbatch_flows import api, costs, remote_errors
 from gbatch_flows.engine import limits
@@ -23,23 +22,9 @@ from gbatch_flows.engine.context import Engine
 from gbatch_flows.engine.poll import FINAL
 from gbatch_flows.engine.push import ADOPT_LOOKBACK_S, cancel_remote, commit_pushed
 from gbatch_flows.engine.state import ORPHAN_PREFIX, TOTALS, Changes
-from gbatch_flows.models import BatchRecord, Spend, Usage
+from gbatch_flows.models import BatchRecord, OrphanRecord, Spend, Usage
 
 log = logging.getLogger("gbatch_flows.engine.reconcile")
-
-
-class OrphanRecord(BaseModel):
-    """A remote batch of this task that no local batch owns (cancelled; its spend reserved, then settled)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    remote_id: str
-    local_id: int | None = None
-    status: str
-    seen_at: float
-    reserved: Spend = Field(default_factory=Spend)
-    settled: Spend | None = None  # set once the batch ended and its usage was counted
-    usage: Usage = Field(default_factory=Usage)
 
 
 @dataclass
@@ -53,9 +38,7 @@ class ReconcileReport:
 
 
 def orphans(engine: Engine) -> dict[str, OrphanRecord]:
-    sections = engine.state.manifest.sections
-    return {k.removeprefix(ORPHAN_PREFIX): OrphanRecord.model_validate(v) for k, v in sections.items()
-            if k.startswith(ORPHAN_PREFIX)}
+    return engine.state.orphans()
 
 
 def task_remote_batches(engine: Engine) -> list[Any]:

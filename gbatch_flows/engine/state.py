@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from gbatch_flows.models import BatchRecord, Budget, Cursor, Segment, TaskInfo
+from gbatch_flows.models import BatchRecord, Budget, Cursor, OrphanRecord, Segment, TaskInfo
 from gbatch_flows.store import Manifest
 
 TASK = "task"
@@ -83,6 +83,11 @@ class TaskState:
 
     def batches_in(self, *states: str) -> list[BatchRecord]:
         return [b for b in self.batches.values() if b.state in states]
+
+    def orphans(self) -> dict[str, OrphanRecord]:
+        """Remote batches of this task that no local batch owns, by remote id (see ``engine/reconcile.py``)."""
+        return {k.removeprefix(ORPHAN_PREFIX): OrphanRecord.model_validate(v)
+                for k, v in self.manifest.sections.items() if k.startswith(ORPHAN_PREFIX)}
 
     def queued_requests(self) -> int:
         """Requests in the queue not yet assembled into a batch."""

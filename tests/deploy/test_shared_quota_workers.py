@@ -12,6 +12,7 @@ in the figures (tests/reliability/README.md quotes it) and must not fall to an i
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -121,7 +122,12 @@ def expected_codepoints() -> list[int]:
 
 
 
-@pytest.mark.parametrize("n_runs", [2, 3])
+#: Flow runs at once: three in the suite (two workers taking two runs each); ``GBATCH_QUOTA_FLOW_RUNS=2,3`` runs the
+#: two-run case too (each case takes 80-110 s here, the suite's longest file otherwise).
+FLOW_RUNS = [int(n) for n in os.environ.get("GBATCH_QUOTA_FLOW_RUNS", "3").split(",")]
+
+
+@pytest.mark.parametrize("n_runs", FLOW_RUNS)
 def test_flow_runs_on_two_workers_share_one_quota(n_runs: int, prefect_api: PrefectApi,
                                                   deployments: dict[str, dict[str, Any]], workers: Workers,
                                                   emulator: EmulatorProcess, e2e_dir: Path,

@@ -139,3 +139,16 @@ def test_the_projects_pacer_gets_no_429_under_short_window_limits(emulator_facto
         return statuses
 
     assert asyncio.run(run()) == [200] * 32
+
+
+def test_reset_fills_every_bucket_again() -> None:
+    from gbatch_flows.emulator.errors import ApiError
+    from gbatch_flows.emulator.ratelimit import RateLimiter
+
+    now = [100.0]
+    limiter = RateLimiter(rpm=60, tpm=None, clock=lambda: now[0])  # 1 request per second, a burst of 1 s
+    limiter.acquire("m", 10)
+    with pytest.raises(ApiError):
+        limiter.acquire("m", 10)  # the clock did not move: the bucket is empty
+    limiter.reset()
+    assert limiter.acquire("m", 10)["x-ratelimit-remaining-requests"] == "0"  # full again, then taken

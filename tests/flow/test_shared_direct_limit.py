@@ -55,8 +55,7 @@ class Arrivals:
         with self.lock:
             self.times.setdefault(run, [])
             if not self.both.is_set() and len(self.times) >= 2:
-                with self.limiter._lock:
-                    self.limiter._buckets.clear()  # full again
+                self.limiter.reset()  # full again
                 self.both.set()
             held = not self.both.is_set()
         if held:
