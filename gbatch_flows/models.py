@@ -12,6 +12,8 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 DEFAULT_ENDPOINT = "/v1/chat/completions"
+#: Remote batch statuses that are final: the batch runs no more and no longer counts in the enqueued-token limit.
+FINAL_BATCH_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
 
 M = TypeVar("M", bound=BaseModel)
 _setattr = object.__setattr__

@@ -13,11 +13,11 @@ from gbatch_flows import api
 from gbatch_flows.engine.context import Engine
 from gbatch_flows.engine.push import cancel_remote, find_remote_batch, lookup
 from gbatch_flows.engine.state import Changes
-from gbatch_flows.models import BatchRecord
+from gbatch_flows.models import FINAL_BATCH_STATUSES, BatchRecord
 
 log = logging.getLogger("gbatch_flows.engine.poll")
 
-FINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+FINAL = FINAL_BATCH_STATUSES
 
 
 @dataclass

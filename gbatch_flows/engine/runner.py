@@ -306,13 +306,13 @@ class Runner:
     def run(self) -> RunSummary:
         engine, stages = self.engine, self.stages
         only_process = engine.config.mode.only_process
+        self.futile_push = None
         if not only_process:
             stages.generate()
             if any(b.mode == "batch" for b in engine.state.batches_in("assembled", "pushing")):
                 # a restart pushes what the last run assembled before assembling more (up to max_unpushed_batches
                 # of 50,000 requests: seconds each), so its first push comes right after start-up
-                stages.push()
-        self.futile_push = None
+                self._push()
         while True:  # a stage with nothing to do is skipped (no Prefect task run for nothing in a flow)
             progressed = False
             if not only_process and engine.state.batches_in("done"):

@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from gbatch_flows.models import FINAL_BATCH_STATUSES
 from gbatch_flows.store import ConcurrentModification, Manifest, Store, open_store
 
 log = logging.getLogger("gbatch_flows.quota")
@@ -39,8 +40,6 @@ WAITER_TTL_S = 60.0
 DIRECT_TTL_S = 30.0
 #: Commit attempts before a busy ledger is reported as an error.
 COMMIT_ATTEMPTS = 50
-#: Remote batch statuses after which a batch no longer counts against the enqueued-token limit.
-TERMINAL_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
 #: Most remote look-ups one ``free_ended`` call makes (a waiting task calls it at most once per look).
 FREE_ENDED_CHECKS = 8
 #: Batch states (of the task's own manifest) in which a batch still holds its reservation.
@@ -397,7 +396,7 @@ class QuotaLedger:
         for key, hold in candidates[:limit]:
             if room >= needed:
                 break
-            if remote_status(hold) in TERMINAL_STATUSES:
+            if remote_status(hold) in FINAL_BATCH_STATUSES:
                 ended.append(key)
                 room += hold.tokens
         if not ended:
@@ -432,7 +431,7 @@ class QuotaLedger:
             if hold.task_id == exclude_task or now - hold.reserved_at < older_than_s:
                 continue
             status = remote_status(hold)
-            if status is None or status in TERMINAL_STATUSES:
+            if status is None or status in FINAL_BATCH_STATUSES:
                 stale[key] = hold
 
         def change(m: Manifest) -> tuple[dict[str, Any], list[str]]:

@@ -39,6 +39,16 @@ def _other_holds(ledger: QuotaLedger, tokens: int, cost: float = 0.0) -> None:
     assert ledger.reserve(hold).granted
 
 
+def _one_batch_held_back(engine) -> runner.Stages:
+    """Generate, assemble and push the task's one batch, which the ledger holds back."""
+    stages = runner.Stages(engine)
+    stages.generate()
+    stages.assemble("batch")
+    stages.push()
+    assert [b.state for b in engine.refresh().batches.values()] == ["assembled"]  # held back by the ledger
+    return stages
+
+
 @pytest.mark.parametrize("free_after_sleeps", [0, 3, None])
 def test_the_wait_stage_returns_as_soon_as_the_ledger_has_room(tmp_path, emulator, free_after_sleeps) -> None:
     quota = str(tmp_path / "quota")
@@ -48,11 +58,7 @@ def test_the_wait_stage_returns_as_soon_as_the_ledger_has_room(tmp_path, emulato
     options = make_options(tmp_path, quota_dir=quota, max_batch_requests=10, poll_interval_min_s=0.5,
                            poll_interval_max_s=8.0)
     with engine_for(EchoTask(n=10), options, emulator) as engine:
-        stages = runner.Stages(engine)
-        stages.generate()
-        stages.assemble("batch")
-        stages.push()
-        assert [b.state for b in engine.refresh().batches.values()] == ["assembled"]  # held back by the ledger
+        _one_batch_held_back(engine)
         if free_after_sleeps == 0:
             ledger.settle("other", 1, cost=0.0)
 
@@ -92,11 +98,7 @@ def test_a_waiting_task_takes_room_left_by_a_batch_that_ended_before_its_task_po
     options = make_options(tmp_path, quota_dir=quota, max_batch_requests=10, poll_interval_min_s=0.5,
                            poll_interval_max_s=1.0)
     with engine_for(EchoTask(n=10), options, emulator) as engine:
-        stages = runner.Stages(engine)
-        stages.generate()
-        stages.assemble("batch")
-        stages.push()  # held back: the ledger still counts the other task's 1,900 tokens
-        assert [b.state for b in engine.refresh().batches.values()] == ["assembled"]
+        stages = _one_batch_held_back(engine)  # the ledger still counts the other task's 1,900 tokens
         fake = FakeTime(lambda n: None)
         result = runner.wait_for_batches(engine, fake.sleep, None, clock=fake.clock)
         assert result.finished == [] and fake.sleeps == []  # room on the first look
