@@ -25,12 +25,11 @@ from fastapi.responses import JSONResponse
 
 from .errors import error_body
 from .middleware import with_request_id
+from .model_calls import AZURE_DEPLOYMENT
 
 if TYPE_CHECKING:
     from .runtime import Emulator
 
-#: Key in the ASGI scope's "state" holding the deployment named in the path.
-AZURE_DEPLOYMENT = "azure_deployment"
 DEPLOYMENT_PATHS = frozenset({"/chat/completions", "/completions", "/embeddings", "/responses"})
 _DEPLOYMENT = re.compile(r"^/openai/deployments/([^/]+)(/.*)$")
 

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from .config import OPERATIONS
 from .errors import error_body
 from .faults import CallFault
+from .model_calls import MODEL_OPERATIONS, serve_model_call
 from .runtime import Emulator
 from .transport import drop_connection
 
@@ -33,12 +34,22 @@ _FAULT_ERRORS: dict[str, tuple[int, str, str]] = {
 }
 
 
+_OP_CACHE: dict[tuple[str, str], str | None] = {}
+_OP_CACHE_SIZE = 4096
+
+
 def resolve_op(method: str, path: str) -> str | None:
-    """The op name of a request, or None for unknown routes."""
-    for route_method, pattern, op in _ROUTES:
-        if method == route_method and pattern.match(path):
-            return op
-    return None
+    """The op name of a request, or None for unknown routes (remembered for the last few thousand paths)."""
+    key = (method, path)
+    try:
+        return _OP_CACHE[key]
+    except KeyError:
+        pass
+    op = next((op for route_method, pattern, op in _ROUTES if method == route_method and pattern.match(path)), None)
+    if len(_OP_CACHE) >= _OP_CACHE_SIZE:
+        _OP_CACHE.clear()
+    _OP_CACHE[key] = op
+    return op
 
 
 def _mask(key: str) -> str:
@@ -126,7 +137,15 @@ class EmulatorMiddleware:
                 response = JSONResponse(error_body(message, kind, None, code), status_code=status, headers=headers)
                 await response(scope, receive, counting_send)
                 return
-        await self.app(scope, receive, counting_send)
+        await self._operation(op, scope, receive, counting_send)
+
+    async def _operation(self, op: str | None, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Model calls go straight to their handler (direct mode's hot path); everything else to the app."""
+        endpoint = MODEL_OPERATIONS.get(op) if op is not None else None
+        if endpoint is not None:
+            await serve_model_call(self.emulator, endpoint, scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
 
     async def _spoil_answer(self, fault: CallFault, scope: dict[str, Any], receive: Any, send: Any,
                             counting_send: Any) -> None:
@@ -137,7 +156,7 @@ class EmulatorMiddleware:
         async def hold(message: MutableMapping[str, Any]) -> None:
             held.append(message)
 
-        await self.app(scope, receive, hold)
+        await self._operation(resolve_op(scope["method"], scope["path"].rstrip("/") or "/"), scope, receive, hold)
         if fault.kind == "answer_lost":
             await drop_connection(scope, send)
             return

@@ -6,18 +6,15 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from . import jsonutil
-from .azure import AZURE_DEPLOYMENT
 from .config import FaultConfig
 from .errors import ApiError, invalid_value
-from .executor import CHAT, COMPLETIONS, EMBEDDINGS, MODERATIONS, RESPONSES
 from .files import parse_limit
-from .moderations import DEFAULT_MODEL as MODERATION_MODEL
+from .model_calls import parse_json_body
 from .runtime import Emulator
 
 v1 = APIRouter(prefix="/v1")
@@ -31,84 +28,10 @@ def _emulator(request: Request) -> Emulator:
 
 
 async def _json_body(request: Request) -> Any:
-    raw = await request.body()
-    try:
-        return jsonutil.loads(raw)
-    except ValueError:
-        raise ApiError(400, "We could not parse the JSON body of your request. (HINT: This likely means you aren't "
-                       "using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent "
-                       "was not valid JSON.)", code="invalid_json") from None
+    return parse_json_body(await request.body())
 
 
-# --- model endpoints -------------------------------------------------------------------------------------------------
-
-
-def _body_model(body: Any, endpoint: str) -> str | None:
-    model = body.get("model") if isinstance(body, dict) else None
-    if model is None and endpoint == MODERATIONS:
-        return MODERATION_MODEL
-    return model if isinstance(model, str) else None
-
-
-async def _model_call(request: Request, endpoint: str) -> JSONResponse:
-    """One direct model request. With rpm/tpm set, every answer (also a 4xx) carries the x-ratelimit-* headers."""
-    emulator = _emulator(request)
-    executor, limiter = emulator.executor, emulator.limiter
-    model: str | None = None
-    try:
-        body = await _json_body(request)
-        deployment = request.scope.get("state", {}).get(AZURE_DEPLOYMENT)
-        if deployment is not None and isinstance(body, dict):
-            body = {**body, "model": deployment}  # Azure: the deployment in the path is the model
-        model = _body_model(body, endpoint)
-        params = executor.check(endpoint, body)
-        prompt, needed = executor.requested_tokens(endpoint, body, params)
-    except ApiError as exc:
-        exc.headers = {**limiter.peek(model), **exc.headers}
-        raise
-    try:
-        headers = limiter.acquire(params.model, needed)
-    except ApiError:
-        emulator.stats.rate_limited()
-        raise
-    try:
-        result = await run_in_threadpool(executor.respond, endpoint, body, params, prompt)
-    except ApiError as exc:
-        exc.headers = {**headers, **exc.headers}
-        raise
-    return FastJSONResponse(result, headers=headers)
-
-
-class FastJSONResponse(JSONResponse):
-    """A JSON answer rendered by orjson (the same compact UTF-8 JSON as JSONResponse, in a fraction of the time)."""
-
-    def render(self, content: Any) -> bytes:
-        return jsonutil.dumps(content)
-
-
-@v1.post("/chat/completions")
-async def chat_completions(request: Request) -> JSONResponse:
-    return await _model_call(request, CHAT)
-
-
-@v1.post("/responses")
-async def responses(request: Request) -> JSONResponse:
-    return await _model_call(request, RESPONSES)
-
-
-@v1.post("/embeddings")
-async def embeddings(request: Request) -> JSONResponse:
-    return await _model_call(request, EMBEDDINGS)
-
-
-@v1.post("/completions")
-async def completions(request: Request) -> JSONResponse:
-    return await _model_call(request, COMPLETIONS)
-
-
-@v1.post("/moderations")
-async def moderations(request: Request) -> JSONResponse:
-    return await _model_call(request, MODERATIONS)
+# --- model endpoints: served by model_calls.serve_model_call (the middleware hands them over) -----------------------
 
 
 def _model_object(model: str) -> dict[str, Any]:

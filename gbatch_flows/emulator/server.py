@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import socket
 import threading
 import time
@@ -14,7 +15,7 @@ import uvicorn
 from .app import create_app
 from .config import EmulatorConfig, FaultConfig
 from .runtime import Emulator
-from .transport import TrackingH11Protocol
+from .transport import tracking_protocol
 
 START_TIMEOUT = 30.0
 
@@ -32,7 +33,8 @@ def _bind(host: str, port: int) -> socket.socket:
 def _uvicorn_server(emulator: Emulator, log_level: str) -> uvicorn.Server:
     config = uvicorn.Config(
         create_app(emulator),
-        http=TrackingH11Protocol,
+        http=tracking_protocol(),
+        proxy_headers=False,  # no proxy in front of the emulator: one ASGI layer less per call
         lifespan="on",
         log_level=log_level,
         access_log=False,
@@ -112,6 +114,7 @@ def serve(config: EmulatorConfig, log_level: str = "info", on_ready: Any = None)
     if on_ready is not None:
         host = f"[{config.host}]" if ":" in config.host else config.host
         on_ready(f"http://{host}:{port}")
+    gc.freeze()  # its own process: the modules and app built so far stay out of the collector's walks (pauses)
     try:
         server.run(sockets=[sock])
     finally:
