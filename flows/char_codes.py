@@ -16,10 +16,9 @@ if __name__ == "__main__":  # Ctrl+C while the imports load (1-2 s): one line, n
                                                    file=sys.stderr, flush=True), os._exit(130)))
     gc.disable()  # no cyclic collection while the imports load: main() resumes it (gbatch_flows/startup.py)
 
-import json
 import unicodedata
-from json.encoder import encode_basestring_ascii as _json_string
 from enum import StrEnum
+from json.encoder import encode_basestring_ascii as _json_string
 from pathlib import Path
 from typing import Any
 

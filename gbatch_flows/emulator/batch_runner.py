@@ -62,7 +62,7 @@ class _LineIds:
         """(result line id, the answer's completion id, request id) of line `index`."""
         digest = self.digests.hex_digest(index)  # derived_id(prefix, batch_id, index) of both the first two
         completion_id = ID_PREFIXES[self.endpoint] + digest[:ID_LENGTHS[self.endpoint]]
-        return "batch_req_" + digest[:32], completion_id, self.digests.id("", index, "request", length=32)
+        return "batch_req_" + digest[:32], completion_id, self.digests.hex_digest(index, "request")[:32]
 
 
 class BatchRunner(threading.Thread):
@@ -161,7 +161,7 @@ class BatchRunner(threading.Thread):
         return summary
 
     def _all_lines(self) -> Iterator[bytes]:
-        yield from self.service.store.iter_lines(self._batch.input_file_id)
+        return self.service.store.iter_lines(self._batch.input_file_id)
 
     def _start(self, summary: InputSummary) -> bool:
         """validating → in_progress, or a terminal state; False when the batch ended here."""
@@ -236,7 +236,7 @@ class BatchRunner(threading.Thread):
                         break
                 elif self._stopping():
                     raise _Stopped
-                self._run_line(raw, index, summary, line_ids, out, err, counts)
+                self._run_line(batch, raw, index, summary, line_ids, out, err, counts)
                 index += 1
                 if index > resumed:
                     now = time.time()
@@ -257,9 +257,8 @@ class BatchRunner(threading.Thread):
             err.discard()
             raise
 
-    def _run_line(self, raw: bytes, index: int, summary: InputSummary, line_ids: _LineIds, out: FileWriter,
-                  err: FileWriter, counts: dict[str, int]) -> None:
-        batch = self._batch
+    def _run_line(self, batch: BatchRecord, raw: bytes, index: int, summary: InputSummary, line_ids: _LineIds,
+                  out: FileWriter, err: FileWriter, counts: dict[str, int]) -> None:
         service = self.service
         item = parse_line(raw)
         custom_id = item["custom_id"]

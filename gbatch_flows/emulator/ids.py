@@ -40,8 +40,7 @@ class DerivedIds:
     def hex_digest(self, index: int, *rest: object) -> str:
         """The full hex digest that `derived_id` cuts its id from."""
         state = self._key_state.copy()
-        tail = "\x1f".join(map(str, (index, *rest))) if rest else str(index)
-        state.update(tail.encode())
+        state.update(("\x1f".join(map(str, (index, *rest))) if rest else str(index)).encode())
         return state.hexdigest()
 
     def id(self, prefix: str, index: int, *rest: object, length: int = 24) -> str:

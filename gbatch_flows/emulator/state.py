@@ -164,7 +164,8 @@ class FileWriter:
         self._store = store
         self.size = 0
         self._path: Path = store.data_dir / "tmp" / random_id("out-", 16)
-        self._handle: BinaryIO = open(self._path, "wb", buffering=WRITE_BUFFER)  # noqa: SIM115 - closed in commit/discard
+        # closed in commit/discard
+        self._handle: BinaryIO = open(self._path, "wb", buffering=WRITE_BUFFER)  # noqa: SIM115
 
     def write(self, data: bytes) -> None:
         self._handle.write(data)
