@@ -111,8 +111,9 @@ def completion_lines() -> list[dict[str, Any]]:
 
 
 def demo_lines() -> list[dict[str, Any]]:
-    from flows.char_codes import SYSTEM, CharInfo, user_prompt  # noqa: PLC0415 - the demo the CLI answers with
     from openai.lib._parsing._completions import type_to_response_format_param  # noqa: PLC0415
+
+    from flows.char_codes import SYSTEM, CharInfo, user_prompt  # noqa: PLC0415 - the demo the CLI answers with
 
     response_format = type_to_response_format_param(CharInfo)
     chars = ["A", "é", "\x00", "\u2028", "😀", "\ud7ff", "\U000e0001", "\"", "\\"]
