@@ -137,7 +137,7 @@ class CompletionCounter:
 
 
 _completion_counters: dict[str, CompletionCounter] = {}
-MAX_COUNTED_MODELS = 1024
+MAX_COUNTED_MODELS = 16
 
 
 def completion_counter(model: str) -> CompletionCounter:
