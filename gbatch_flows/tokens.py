@@ -175,6 +175,19 @@ class TokenEstimator:
             raise TypeError(f"count_text expects a str, got {type(text).__name__}")
         return self._context(model).count(text)
 
+    def one_off_counter(self, model: str) -> Callable[[str], int]:
+        """An exact, uncached count of ``model``'s encoding for texts seen once (generated completions): equal to
+        :meth:`count_text`, but the texts do not crowd the prompt cache and a printable text goes straight to
+        quicktok."""
+        _role_costs, _priming, _counter, quick, raw = self._context(model).fast
+        if quick is None:
+            return raw
+
+        def count(text: str) -> int:
+            return quick(text) if text.isprintable() else raw(text)
+
+        return count
+
     # -- estimates ----------------------------------------------------------------------------------------------
 
     def estimate(self, endpoint: str, payload: dict[str, Any], custom_id: str | None = None) -> TokenBreakdown:

@@ -15,12 +15,13 @@ import math
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .batch_input import InputSummary, batch_error, parse_line, validate_batch_input
 from .errors import error_body
 from .executor import ID_LENGTHS, ID_PREFIXES, usage_counts
-from .ids import derived_id
+from .ids import DerivedIds, derived_id
 from .jsonutil import dumps_line
 from .state import BatchRecord, FileWriter
 
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 VALIDATING_SHARE = 0.05
 IN_PROGRESS_SHARE = 0.90
 SAVE_INTERVAL = 1.0
+#: Unclocked batches (batch_duration 0) publish their request counts every this many lines (and at every save).
+COUNTS_EVERY = 256
 
 _FAULT_STATUS_MESSAGES = {
     400: ("invalid_request_error", "The request was rejected (error injected by the emulator)."),
@@ -42,6 +45,24 @@ _FAULT_STATUS_MESSAGES = {
 
 class _Stopped(Exception):
     """The emulator is shutting down: leave the batch as persisted."""
+
+
+@dataclass(frozen=True)
+class _LineIds:
+    """The deterministic ids of a batch's result lines, from the batch id and the line index."""
+
+    endpoint: str
+    digests: DerivedIds
+
+    @classmethod
+    def of(cls, batch_id: str, endpoint: str) -> _LineIds:
+        return cls(endpoint, DerivedIds(batch_id))
+
+    def line(self, index: int) -> tuple[str, str, str]:
+        """(result line id, the answer's completion id, request id) of line `index`."""
+        digest = self.digests.hex_digest(index)  # derived_id(prefix, batch_id, index) of both the first two
+        completion_id = ID_PREFIXES[self.endpoint] + digest[:ID_LENGTHS[self.endpoint]]
+        return "batch_req_" + digest[:32], completion_id, self.digests.hex_digest(index, "request")[:32]
 
 
 class BatchRunner(threading.Thread):
@@ -140,7 +161,7 @@ class BatchRunner(threading.Thread):
         return summary
 
     def _all_lines(self) -> Iterator[bytes]:
-        yield from self.service.store.iter_lines(self._batch.input_file_id)
+        return self.service.store.iter_lines(self._batch.input_file_id)
 
     def _start(self, summary: InputSummary) -> bool:
         """validating → in_progress, or a terminal state; False when the batch ended here."""
@@ -190,6 +211,7 @@ class BatchRunner(threading.Thread):
         resumed = batch.completed + batch.failed
         stop_at = resumed if batch.status == "cancelling" else total
         out, err = FileWriter(service.store), FileWriter(service.store)
+        line_ids = _LineIds.of(batch.id, service.canonical_endpoint(batch.endpoint))
         counts = {"completed": 0, "failed": 0, "input_tokens": 0, "cached_tokens": 0, "output_tokens": 0}
         reason: str | None = None
         lines = self._lines()
@@ -214,13 +236,14 @@ class BatchRunner(threading.Thread):
                         break
                 elif self._stopping():
                     raise _Stopped
-                self._run_line(raw, index, summary, out, err, counts)
+                self._run_line(batch, raw, index, summary, line_ids, out, err, counts)
                 index += 1
                 if index > resumed:
                     now = time.time()
                     save = now - last_save >= SAVE_INTERVAL
-                    last_save = now if save else last_save
-                    self._update(save=save, **counts)
+                    if save or span > 0 or index % COUNTS_EVERY == 0:
+                        last_save = now if save else last_save
+                        self._update(save=save, **counts)
             else:
                 if end_index is not None and plan is not None and end_index >= total:
                     reason = plan.end
@@ -234,29 +257,26 @@ class BatchRunner(threading.Thread):
             err.discard()
             raise
 
-    def _run_line(self, raw: bytes, index: int, summary: InputSummary, out: FileWriter, err: FileWriter,
-                  counts: dict[str, int]) -> None:
-        batch = self._batch
+    def _run_line(self, batch: BatchRecord, raw: bytes, index: int, summary: InputSummary, line_ids: _LineIds,
+                  out: FileWriter, err: FileWriter, counts: dict[str, int]) -> None:
         service = self.service
         item = parse_line(raw)
         custom_id = item["custom_id"]
         fault = batch.faults.line_fault(index, custom_id) if batch.faults else None
+        line_id, completion_id, request_id = line_ids.line(index)
         if fault is not None and fault[0] == "request_errors":
             status = fault[1] or 500
             kind, message = _FAULT_STATUS_MESSAGES.get(status, ("server_error", "Injected error."))
             body: dict[str, Any] = error_body(message, kind)
             service.stats.fault("request_errors")
         else:
-            endpoint = service.canonical_endpoint(batch.endpoint)
             status, body = service.executor.execute(
-                endpoint, item["body"], prompt_tokens=summary.prompt_tokens[index],
-                completion_id=derived_id(ID_PREFIXES[endpoint], batch.id, index, length=ID_LENGTHS[endpoint]),
-                created=int(time.time()))
+                line_ids.endpoint, item["body"], prompt_tokens=summary.prompt_tokens[index],
+                completion_id=completion_id, created=int(time.time()))
         line = dumps_line({
-            "id": derived_id("batch_req_", batch.id, index, length=32),
+            "id": line_id,
             "custom_id": custom_id,
-            "response": {"status_code": status, "request_id": derived_id("", batch.id, index, "request", length=32),
-                         "body": body},
+            "response": {"status_code": status, "request_id": request_id, "body": body},
             "error": None,
         })
         if status == 200:

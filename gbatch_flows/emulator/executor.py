@@ -18,7 +18,7 @@ from .embeddings import build_embedding_response, check_embedding_request
 from .errors import ApiError, server_error
 from .ids import derived_id, random_id
 from .moderations import build_moderation, check_moderation_request
-from .responders import ResponderContext, ResponderRegistry, SchemaError, choice_seed, request_seed
+from .responders import LazySeed, ResponderContext, ResponderRegistry, SchemaError, request_seed
 from .responses import ResponsesParams, build_response, check_responses_request
 from .responses import chat_view as responses_view
 from .stats import Stats
@@ -36,6 +36,12 @@ ENDPOINTS = (CHAT, RESPONSES, EMBEDDINGS, COMPLETIONS, MODERATIONS)
 ID_PREFIXES = {CHAT: "chatcmpl-", RESPONSES: "resp_", EMBEDDINGS: "emb-", COMPLETIONS: "cmpl-", MODERATIONS: "modr-"}
 ID_LENGTHS = {CHAT: 29, RESPONSES: 48, EMBEDDINGS: 24, COMPLETIONS: 29, MODERATIONS: 32}
 _FORMAT_PARAM = {CHAT: "response_format", RESPONSES: "text.format"}
+
+
+def _request_seed(body: Mapping[str, Any]) -> LazySeed:
+    """The request's seed (`request_seed`), computed when a responder first reads it: responders get the body as a
+    read-only Mapping, so it is the same as computing it now."""
+    return LazySeed(lambda: request_seed(body))
 
 
 def new_object_id(endpoint: str) -> str:
@@ -86,9 +92,10 @@ class RequestExecutor:
             return prompt, prompt + params.max_tokens * params.n * len(params.prompts)
         return prompt, prompt
 
-    def _content(self, view: Mapping[str, Any], model: str, endpoint: str, seed: int, index: int) -> str:
-        """One responder answer; schema problems are a 400 naming the format parameter, responder bugs a 500."""
-        ctx = ResponderContext(model=model, endpoint=endpoint, choice_index=index, seed=choice_seed(seed, index))
+    def _content(self, view: Mapping[str, Any], model: str, endpoint: str, seed: LazySeed, index: int) -> str:
+        """One responder answer; schema problems are a 400 naming the format parameter, responder bugs a 500.
+        `seed` is the request's (or the prompt's) seed; the choice's is derived from it when a responder reads it."""
+        ctx = ResponderContext(model=model, endpoint=endpoint, choice_index=index, seed=seed.choice(index))
         try:
             return self.responders.respond(view, ctx)
         except SchemaError as exc:
@@ -104,7 +111,7 @@ class RequestExecutor:
 
     def chat(self, body: dict[str, Any], params: ChatParams, prompt_tokens: int, *,
              completion_id: str | None = None, created: int | None = None) -> dict[str, Any]:
-        base = request_seed(body)
+        base = _request_seed(body)
         contents = [self._content(body, params.model, CHAT, base, index) for index in range(params.n)]
         return build_chat_completion(
             completion_id=completion_id or new_object_id(CHAT),
@@ -126,7 +133,7 @@ class RequestExecutor:
             created=created if created is not None else int(time.time()),
             body=body,
             params=params,
-            content=self._content(view, params.model, RESPONSES, request_seed(body), 0),
+            content=self._content(view, params.model, RESPONSES, _request_seed(body), 0),
             prompt_tokens=prompt_tokens,
             cached_tokens=self.prompt_cache.cached_tokens(view, prompt_tokens),
             count=partial(usage.text_tokens, model=params.model),
@@ -134,11 +141,11 @@ class RequestExecutor:
 
     def completions(self, body: dict[str, Any], params: CompletionParams, prompt_tokens: int, *,
                     completion_id: str | None = None, created: int | None = None) -> dict[str, Any]:
-        base = request_seed(body)
+        base = _request_seed(body)
         texts: list[str] = []
         for number, prompt in enumerate(params.prompts):
             view = completion_view(body, params, prompt)
-            seed = choice_seed(base, number * 1_000)
+            seed = base.choice(number * 1_000)
             texts.extend(self._content(view, params.model, COMPLETIONS, seed, index) for index in range(params.n))
         return build_completion(
             completion_id=completion_id or new_object_id(COMPLETIONS),

@@ -16,21 +16,76 @@ import importlib
 import inspect
 import random
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import FrozenInstanceError
 from typing import Any, Protocol
 
 from . import jsonutil
 from .schema_gen import WORDS, SchemaError, generate_instance
 
 
-@dataclass(frozen=True)
-class ResponderContext:
-    """What a responder knows besides the request body."""
+class LazySeed:
+    """A seed computed on first use, once: the request seed costs a canonical dump of the whole body, which
+    responders that never read `ctx.seed` (the demos' answers) need not pay."""
 
+    __slots__ = ("_compute", "_value")
+
+    def __init__(self, compute: Callable[[], int]) -> None:
+        self._compute = compute
+        self._value: int | None = None
+
+    def __call__(self) -> int:
+        if self._value is None:
+            self._value = self._compute()
+        return self._value
+
+    def choice(self, index: int) -> LazySeed:
+        """The seed of choice `index` (`choice_seed` of this one), also computed on first use."""
+        return self if index == 0 else LazySeed(lambda: choice_seed(self(), index))
+
+
+class ResponderContext:
+    """What a responder knows besides the request body (immutable). `seed` may be given as an int or as a
+    zero-argument callable (a `LazySeed`) that computes it when a responder first reads `ctx.seed`."""
+
+    __slots__ = ("model", "endpoint", "choice_index", "_seed")
     model: str
     endpoint: str
     choice_index: int
-    seed: int
+
+    def __init__(self, model: str, endpoint: str, choice_index: int, seed: int | Callable[[], int]) -> None:
+        object.__setattr__(self, "model", model)
+        object.__setattr__(self, "endpoint", endpoint)
+        object.__setattr__(self, "choice_index", choice_index)
+        object.__setattr__(self, "_seed", seed)
+
+    @property
+    def seed(self) -> int:
+        seed = self._seed
+        if callable(seed):
+            seed = seed()
+            object.__setattr__(self, "_seed", seed)
+        return seed
+
+    def _fields(self) -> tuple[str, str, int, int]:
+        return self.model, self.endpoint, self.choice_index, self.seed
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._fields() == other._fields()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return (f"ResponderContext(model={self.model!r}, endpoint={self.endpoint!r}, "
+                f"choice_index={self.choice_index!r}, seed={self.seed!r})")
 
 
 class Responder(Protocol):
@@ -137,6 +192,7 @@ class ResponderRegistry:
 
 
 __all__ = [
+    "LazySeed",
     "Responder",
     "ResponderContext",
     "ResponderRegistry",

@@ -26,6 +26,8 @@ from .faults import BatchFaultPlan
 from .ids import random_id
 
 COPY_CHUNK = 1024 * 1024
+#: Write buffer of a new file: a batch output is written line by line, the disk sees 256 KiB at a time.
+WRITE_BUFFER = 256 * 1024
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 
 
@@ -162,7 +164,8 @@ class FileWriter:
         self._store = store
         self.size = 0
         self._path: Path = store.data_dir / "tmp" / random_id("out-", 16)
-        self._handle: BinaryIO = open(self._path, "wb")  # noqa: SIM115 - closed in commit/discard
+        # closed in commit/discard
+        self._handle: BinaryIO = open(self._path, "wb", buffering=WRITE_BUFFER)  # noqa: SIM115
 
     def write(self, data: bytes) -> None:
         self._handle.write(data)

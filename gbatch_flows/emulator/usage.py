@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from functools import lru_cache
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from . import jsonutil
@@ -23,6 +23,8 @@ class _Estimator(Protocol):
     def estimate(self, endpoint: str, payload: dict[str, Any]) -> Any: ...
 
     def count_text(self, text: str, model: str) -> int: ...
+
+    def one_off_counter(self, model: str) -> Callable[[str], int]: ...
 
 
 _lock = threading.Lock()
@@ -83,20 +85,77 @@ def fallback_prompt_tokens(endpoint: str, payload: dict[str, Any]) -> int:
     return sum(fallback_text_tokens(s) for s in _strings(messages))
 
 
-@lru_cache(maxsize=131_072)
-def _cached_text_tokens(text: str, model: str) -> int:
-    estimator = project_estimator()
-    if estimator is not None:
+class CompletionCounter:
+    """Token counts of generated texts for one model: exact (the estimator's count, else the fallback) and memoised
+    in two bounded generations of plain dicts (a responder's answers often repeat; a unique one costs one lookup)."""
+
+    MAX_ENTRIES = 65_536
+    MAX_CHARS = 8_000_000
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self._count = self._exact_counter(model)
+        self._young: dict[str, int] = {}
+        self._old: dict[str, int] = {}
+        self._young_chars = 0
+
+    @staticmethod
+    def _exact_counter(model: str) -> Callable[[str], int]:
+        estimator = project_estimator()
+        if estimator is None:
+            return fallback_text_tokens
         try:
-            return int(estimator.count_text(text, model))
-        except Exception as exc:  # noqa: BLE001 - never fail a response over a count
+            return estimator.one_off_counter(model)
+        except Exception as exc:  # noqa: BLE001 - counted like count_text's failures: the fallback
             _warn_once(f"count_text(model={model!r})", exc)
-    return fallback_text_tokens(text)
+            return fallback_text_tokens
+
+    def __call__(self, text: str) -> int:
+        n = self._young.get(text)
+        if n is None:
+            n = self._old.get(text)
+            if n is None:
+                n = self._exact(text)
+            self._remember(text, n)
+        return n
+
+    def _exact(self, text: str) -> int:
+        try:
+            return int(self._count(text))
+        except Exception as exc:  # noqa: BLE001 - never fail a response over a count
+            _warn_once(f"count_text(model={self.model!r})", exc)
+            return fallback_text_tokens(text)
+
+    def _remember(self, text: str, n: int) -> None:
+        size = len(text)
+        if len(self._young) >= self.MAX_ENTRIES or self._young_chars + size > self.MAX_CHARS:
+            self._old, self._young, self._young_chars = self._young, {}, 0
+            if size > self.MAX_CHARS:
+                return
+        self._young[text] = n
+        self._young_chars += size
+
+
+_completion_counters: dict[str, CompletionCounter] = {}
+MAX_COUNTED_MODELS = 16
+
+
+def completion_counter(model: str) -> CompletionCounter:
+    """The shared `CompletionCounter` of `model` (at most MAX_COUNTED_MODELS models are kept)."""
+    counter = _completion_counters.get(model)
+    if counter is None:
+        with _lock:
+            counter = _completion_counters.get(model)
+            if counter is None:
+                if len(_completion_counters) >= MAX_COUNTED_MODELS:
+                    _completion_counters.clear()
+                counter = _completion_counters[model] = CompletionCounter(model)
+    return counter
 
 
 def text_tokens(text: str, model: str) -> int:
-    """Tokens of a generated text (cached per (text, model))."""
-    return _cached_text_tokens(text, model)
+    """Tokens of a generated text (memoised per (text, model))."""
+    return completion_counter(model)(text)
 
 
 def _text_input_tokens(endpoint: str, payload: dict[str, Any]) -> int:
