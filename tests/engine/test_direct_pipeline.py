@@ -172,3 +172,46 @@ def test_every_direct_attempt_takes_from_the_shared_limit_and_a_failing_one_stop
     assert summary.status == "error" and "limit shared with other runs cannot be taken" in summary.reason
     assert "did not answer for 30s" in summary.reason
     assert failed == 0 and 1 <= done <= 10  # the answered calls are committed, nothing is marked failed
+
+
+def test_the_next_batch_is_opened_while_the_current_one_is_sent_and_marks_stay_a_chunk_ahead(tmp_path, monkeypatch):
+    """Workers go on from one direct batch to the next without waiting for its assembly (slowed down here): every
+    batch but the first is opened while the one before it is still being sent. And opening ahead does not mark the
+    next batch's requests as sent early: all batches' "sent" marks together stay within a chunk (plus the calls
+    taken but not yet started) of the calls that started, so a crash charges no more than before."""
+    concurrency = 2
+    chunk = concurrency * direct.CHUNK_PER_SLOT
+    with run_emulator(EmulatorConfig(batch_api=False)) as emu:
+        options = make_options(tmp_path, force_direct=True, max_batch_requests=10, max_unpushed_batches=1,
+                               max_direct_concurrency=concurrency, max_direct_rpm=900)
+        with engine_for(EchoTask(n=50), options, emu) as engine:
+            opened_ahead: list[bool] = []
+            started = 0
+            worst_lead = 0
+            real_open, real_assemble, real_call = direct.Pipeline._open_next, direct.assemble, direct._call
+
+            def watched_open(self, ahead=False):
+                run = real_open(self, ahead)
+                if run is not None:
+                    opened_ahead.append(ahead)
+                return run
+
+            def slow_assemble(*args, **kwargs):
+                time.sleep(0.2)
+                return real_assemble(*args, **kwargs)
+
+            async def watched_call(*args, **kwargs):
+                nonlocal started, worst_lead
+                started += 1
+                marked = sum(b.direct_sent for b in engine.state.batches.values() if b.mode == "direct")
+                worst_lead = max(worst_lead, marked - started)
+                return await real_call(*args, **kwargs)
+
+            monkeypatch.setattr(direct.Pipeline, "_open_next", watched_open)
+            monkeypatch.setattr(direct, "assemble", slow_assemble)
+            monkeypatch.setattr(direct, "_call", watched_call)
+            summary = run_engine(engine)
+            keys = {r["key"] for r in out_records(engine) if "answer" in r}
+    assert summary.status == "finished" and len(keys) == 50 and started == 50
+    assert len(opened_ahead) == 5 and opened_ahead[0] is False and all(opened_ahead[1:]), opened_ahead
+    assert 0 <= worst_lead <= chunk + concurrency, f"marks {worst_lead} ahead of the started calls (chunk {chunk})"
