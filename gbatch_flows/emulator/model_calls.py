@@ -9,10 +9,11 @@ and `x-ratelimit-*` headers are the same as every other route's (errors in the r
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
+
+from starlette.concurrency import run_in_threadpool
 
 from . import jsonutil
 from .errors import ApiError, error_body
@@ -118,8 +119,8 @@ async def serve_model_call(emulator: Emulator, endpoint: str, scope: dict[str, A
         return
     deployment = (scope.get("state") or {}).get(AZURE_DEPLOYMENT)
     try:
-        if emulator.config.responders:  # user code may block: keep it off the event loop
-            answer, headers = await asyncio.to_thread(answer_model_call, emulator, endpoint, raw, deployment)
+        if emulator.config.responders:  # user code may block: off the event loop, in anyio's pool of 40 threads
+            answer, headers = await run_in_threadpool(answer_model_call, emulator, endpoint, raw, deployment)
         else:
             answer, headers = answer_model_call(emulator, endpoint, raw, deployment)
     except ApiError as exc:

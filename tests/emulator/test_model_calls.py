@@ -90,3 +90,28 @@ def test_the_server_runs_httptools_and_still_drops_connections_on_a_fault():
             httpx.post(emu.url + CHAT, json=BODY, headers=AUTH, timeout=10)
         assert emu.stats()["faults_injected"] == {"drop_connection": 1}
 
+
+
+def test_more_blocked_user_responders_than_cores_do_not_starve_each_other():
+    """Twelve calls whose responder waits until all twelve are in it: each needs its own thread (asyncio's default
+    pool has only cores + 4, and held them all here before the calls went to anyio's pool of 40)."""
+    calls = 12
+    arrived = threading.Barrier(calls, timeout=20)
+
+    def gather(body: dict[str, Any]) -> str:
+        arrived.wait()
+        return "together"
+
+    with run_emulator(EmulatorConfig(responders={"gather-model": gather})) as emu:
+        results: list[str] = []
+
+        def one() -> None:
+            answer = httpx.post(emu.url + CHAT, json={**BODY, "model": "gather-model"}, headers=AUTH, timeout=30)
+            results.append(answer.json()["choices"][0]["message"]["content"])
+
+        threads = [threading.Thread(target=one) for _ in range(calls)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    assert results == ["together"] * calls
