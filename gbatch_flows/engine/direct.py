@@ -261,13 +261,17 @@ def old_objects_frozen() -> Iterator[None]:
 
     Measured at 500 calls/s: the oldest generation's collections walked all of it, each a 0.1-0.3 s pause of the
     event loop (no sends, the pacer's credit only covers 0.5 s) and 1.85 s of collector time in a 20 s run.
-    Objects made during the calls are collected as usual; the frozen ones go back into the oldest generation after.
+    Objects made during the calls are collected as usual; the frozen ones go back into the oldest generation after,
+    unless something was frozen before (a script's start-up freezes its imports, `startup.imports_loaded`): that
+    freeze is not undone, and what this one added stays frozen with it (reference counting still frees it).
     """
+    frozen_before = gc.get_freeze_count()
     gc.freeze()
     try:
         yield
     finally:
-        gc.unfreeze()
+        if not frozen_before:
+            gc.unfreeze()
 
 
 async def _run_batches(engine: Engine, pacer: Pacer, stats: DirectStats,

@@ -215,3 +215,20 @@ def test_the_next_batch_is_opened_while_the_current_one_is_sent_and_marks_stay_a
     assert summary.status == "finished" and len(keys) == 50 and started == 50
     assert len(opened_ahead) == 5 and opened_ahead[0] is False and all(opened_ahead[1:]), opened_ahead
     assert 0 <= worst_lead <= chunk + concurrency, f"marks {worst_lead} ahead of the started calls (chunk {chunk})"
+
+
+def test_the_collector_freeze_during_the_calls_keeps_an_earlier_freeze():
+    import gc
+
+    gc.unfreeze()
+    with direct.old_objects_frozen():
+        assert gc.get_freeze_count() > 0
+    assert gc.get_freeze_count() == 0  # nothing was frozen before: all goes back
+    gc.freeze()  # as a script's start-up does with its imports
+    try:
+        before = gc.get_freeze_count()
+        with direct.old_objects_frozen():
+            pass
+        assert gc.get_freeze_count() >= before  # not undone
+    finally:
+        gc.unfreeze()
