@@ -453,18 +453,17 @@ class Pipeline:
         return False
 
     def _mark_ahead(self, run: BatchRun) -> int:
-        """Where the "sent" mark of `run` should be: a chunk past its next request; for the batch opened ahead, the
-        part of a chunk past the feed's last request (0 while the feed has a chunk or more left to send)."""
+        """Where the "sent" mark of `run` should be: a chunk past its next request while it is fed; where it is for
+        any other batch (one opened ahead is marked only once it is fed: a crash before that must not count its
+        requests as sent, which would charge them and, under a task limit, keep them from being sent at all)."""
         if run is self.feed:
             return min(run.n, run.next + self.chunk)
-        if run is self.upcoming and self.feed is not None:
-            return min(run.n, run.next + max(0, self.chunk - (self.feed.n - self.feed.next)))
         return run.durable_sent
 
     def _open_next(self, ahead: bool = False) -> BatchRun | None:
         """Reserve the next direct batch's spend, read it, recover calls a crash lost; None when none is left.
-        Its "sent" mark moves on at once when it is fed now, else (`ahead`) once the feed nears its end: a crash
-        counts requests past a durable mark as sent (charged at worst case), so the mark stays a chunk ahead."""
+        Its "sent" mark moves on at once when it is fed now, else (`ahead`) once workers reach it: a crash counts
+        requests past a durable mark as sent (charged at worst case), so the mark stays a chunk ahead of them."""
         engine = self.engine
         while self.pending or self._refill():
             batch = engine.state.batches[self.pending.pop(0)]
