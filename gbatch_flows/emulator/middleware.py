@@ -123,7 +123,7 @@ class EmulatorMiddleware:
             scope.setdefault("state", {})["call_number"] = number
             if call_fault is not None and call_fault.after_operation:
                 stats.fault(call_fault.kind)
-                await self._spoil_answer(call_fault, scope, receive, send, counting_send)
+                await self._spoil_answer(op, call_fault, scope, receive, send, counting_send)
                 return
             if call_fault is not None:
                 fault = call_fault.kind
@@ -147,7 +147,7 @@ class EmulatorMiddleware:
         else:
             await self.app(scope, receive, send)
 
-    async def _spoil_answer(self, fault: CallFault, scope: dict[str, Any], receive: Any, send: Any,
+    async def _spoil_answer(self, op: str, fault: CallFault, scope: dict[str, Any], receive: Any, send: Any,
                             counting_send: Any) -> None:
         """Run the operation (it takes effect), then drop the connection instead of answering (`answer_lost`)
         or answer `delay_s` seconds late (`slow_answer`)."""
@@ -156,7 +156,7 @@ class EmulatorMiddleware:
         async def hold(message: MutableMapping[str, Any]) -> None:
             held.append(message)
 
-        await self._operation(resolve_op(scope["method"], scope["path"].rstrip("/") or "/"), scope, receive, hold)
+        await self._operation(op, scope, receive, hold)
         if fault.kind == "answer_lost":
             await drop_connection(scope, send)
             return
